@@ -1,0 +1,129 @@
+"""The one error tree of Roost.
+
+Every failure a person can see is one of these. Foreign exceptions (httpx, sqlite,
+cryptography, gmqtt) are translated at the boundary with ``raise ... from err``; the CLI
+prints ``str(error)`` as one line and exits non-zero, the API maps ``status`` to HTTP.
+
+::
+
+    RoostError
+    ├── ConfigError              bad settings, missing client config
+    ├── WireError                a malformed or oversized hub⇄agent message
+    ├── PKIError                 certificates, keys, CSRs
+    │   └── FingerprintMismatchError   the hub is not the one the token pinned
+    ├── TokenError               join tokens and API tokens
+    │   ├── TokenInvalidError    unknown, malformed or wrong secret
+    │   ├── TokenExpiredError
+    │   └── TokenUsedUpError
+    ├── AuthError                no or bad credentials (401)
+    ├── ForbiddenError           credentials fine, action not allowed (403)
+    ├── NotFoundError            a device, command, tenant ... that is not there (404)
+    ├── ConflictError            a name already taken (409)
+    ├── ValidationError          bad input from a person (400/422)
+    ├── HubError                 the hub answered with an error (client side)
+    │   └── HubUnreachableError  no answer at all
+    ├── BrokerError              the MQTT broker could not be started or reached
+    └── CommandError             a device command failed or timed out
+        └── CommandTimeoutError
+"""
+
+from __future__ import annotations
+
+
+class RoostError(Exception):
+    """Base of every Roost error; ``status`` is the HTTP status the API answers with."""
+
+    status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(RoostError):
+    status = 400
+
+
+class WireError(RoostError):
+    status = 400
+
+
+class PKIError(RoostError):
+    status = 400
+
+
+class FingerprintMismatchError(PKIError):
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(
+            f"the hub's CA fingerprint {actual[:16]}… does not match the token's "
+            f"{expected[:16]}…; refusing to trust it"
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class TokenError(RoostError):
+    status = 401
+
+
+class TokenInvalidError(TokenError):
+    pass
+
+
+class TokenExpiredError(TokenError):
+    pass
+
+
+class TokenUsedUpError(TokenError):
+    pass
+
+
+class AuthError(RoostError):
+    status = 401
+
+
+class ForbiddenError(RoostError):
+    status = 403
+
+
+class NotFoundError(RoostError):
+    status = 404
+
+
+class ConflictError(RoostError):
+    status = 409
+
+
+class ValidationError(RoostError):
+    status = 422
+
+
+class HubError(RoostError):
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HubUnreachableError(HubError):
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach the hub at {url}: {reason}", status=503)
+        self.url = url
+
+
+class BrokerError(RoostError):
+    status = 503
+
+
+class CommandError(RoostError):
+    status = 502
+
+    def __init__(self, message: str, device_id: str = "") -> None:
+        super().__init__(message)
+        self.device_id = device_id
+
+
+class CommandTimeoutError(CommandError):
+    status = 504

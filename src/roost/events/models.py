@@ -1,0 +1,35 @@
+"""The event store: CloudEvents 1.0, one row each, unique by (source, id)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from roost.db import Base, utcnow
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    __table_args__ = (
+        # A device's outbox delivers at least once; this makes the second copy a no-op.
+        UniqueConstraint("source", "event_id", name="uq_events_source_event_id"),
+        Index("ix_events_tenant_type_time", "tenant_id", "type", "time"),
+    )
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    )
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    event_id: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(256))
+    type: Mapped[str] = mapped_column(String(256))
+    subject: Mapped[str] = mapped_column(String(256), default="")
+    device_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    time: Mapped[dt.datetime]
+    data: Mapped[Any] = mapped_column(JSON, default=None, nullable=True)
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
