@@ -29,11 +29,18 @@ def key_to_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError) as err:
+        return load_key_pem(path.read_bytes())
+    except OSError as err:
         raise PKIError(f"cannot read the private key {path}: {err}") from err
+
+
+def load_key_pem(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except ValueError as err:
+        raise PKIError(f"not a PEM private key: {err}") from err
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise PKIError(f"{path} is not an EC private key")
+        raise PKIError("the private key is not an EC key")
     return key
 
 

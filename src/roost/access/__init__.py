@@ -1,0 +1,5 @@
+"""Access: tenants, API tokens, roles."""
+
+from roost.access.service import Principal
+
+__all__ = ["Principal"]

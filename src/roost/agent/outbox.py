@@ -1,0 +1,116 @@
+"""The agent's local store: an outbox of messages the hub must get, and a few values.
+
+SQLite in WAL mode, so other processes on the device (``roost agent emit``, apps) can add
+messages while the agent runs. A message stays until the hub acknowledges its ``seq``;
+unacknowledged messages are sent again with a growing delay. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from roost.errors import ConfigError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created REAL NOT NULL,
+    sent REAL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+# Resend delays grow to this and stay there.
+MAX_RESEND_S = 300.0
+
+
+@dataclass(frozen=True)
+class Pending:
+    seq: int
+    kind: str
+    body: dict[str, Any]
+
+
+class Outbox:
+    def __init__(self, path: Path, max_messages: int = 100_000) -> None:
+        self.path = path
+        self.max_messages = max_messages
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=10, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as err:
+            raise ConfigError(f"cannot open the agent's store {path}: {err}") from err
+
+    def close(self) -> None:
+        self._db.close()
+
+    def put(self, kind: str, body: dict[str, Any], now: float) -> int:
+        """Add a message; when the outbox is full the oldest message makes room."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            (count,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
+            if count >= self.max_messages:
+                self._db.execute(
+                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
+                    (count - self.max_messages + 1,),
+                )
+            cursor = self._db.execute(
+                "INSERT INTO outbox (kind, body, created) VALUES (?, ?, ?)",
+                (kind, json.dumps(body), now),
+            )
+            self._db.execute("COMMIT")
+        return int(cursor.lastrowid or 0)
+
+    def due(self, now: float, resend_after: float, limit: int) -> list[Pending]:
+        """Messages never sent, or sent and not acknowledged for long enough."""
+        rows = self._db.execute(
+            "SELECT seq, kind, body, sent, attempts FROM outbox ORDER BY seq LIMIT ?",
+            (limit * 4,),
+        ).fetchall()
+        due = []
+        for seq, kind, body, sent, attempts in rows:
+            wait = min(resend_after * 2 ** max(attempts - 1, 0), MAX_RESEND_S)
+            if sent is None or now - sent >= wait:
+                due.append(Pending(seq, kind, json.loads(body)))
+            if len(due) >= limit:
+                break
+        return due
+
+    def mark_sent(self, seqs: Iterable[int], now: float) -> None:
+        self._db.executemany(
+            "UPDATE outbox SET sent = ?, attempts = attempts + 1 WHERE seq = ?",
+            [(now, s) for s in seqs],
+        )
+
+    def reset_sent(self) -> None:
+        """After a reconnect everything unacknowledged is due again."""
+        self._db.execute("UPDATE outbox SET sent = NULL, attempts = 0")
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+
+    def __len__(self) -> int:
+        (count,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
+        return int(count)
+
+    def get(self, key: str) -> Any:
+        row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set(self, key: str, value: Any) -> None:
+        self._db.execute(
+            "INSERT INTO kv (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )

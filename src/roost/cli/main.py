@@ -1,0 +1,397 @@
+"""``roost``: the command line. Thin: parse, call the SDK, print.
+
+Every failure is one line on stderr and a non-zero exit. ``roost agent ...`` is routed
+before typer loads, to keep the agent's footprint small (see ``roost/agent/cli.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from roost.errors import RoostError, ValidationError
+
+app = typer.Typer(
+    help="Roost: a local cloud made of the Linux boxes you already own.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+devices_app = typer.Typer(help="The fleet's devices.", no_args_is_help=True)
+token_app = typer.Typer(help="Join tokens for new devices.", no_args_is_help=True)
+twin_app = typer.Typer(help="Desired and reported state of a device.", no_args_is_help=True)
+tenant_app = typer.Typer(help="Tenants (owner only).", no_args_is_help=True)
+events_app = typer.Typer(help="The fleet's events.", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+app.add_typer(token_app, name="token")
+app.add_typer(twin_app, name="twin")
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(events_app, name="events")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="ROOST_CONFIG",
+        help="client config (default: the local hub's client.toml)",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30s``, ``15m``, ``1h``, ``7d`` -> seconds."""
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        raise ValidationError(f"{text!r} is not a duration (like 30s, 15m, 1h, 7d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_pairs(pairs: list[str], allow_remove: bool = False) -> dict[str, Any]:
+    """``k=v`` pairs; with ``allow_remove``, ``k-`` removes k (value None)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if allow_remove and pair.endswith("-") and "=" not in pair:
+            out[pair[:-1]] = None
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValidationError(f"{pair!r} is not key=value")
+        out[key] = value
+    return out
+
+
+def _client(config: Path | None) -> Any:
+    from roost.client import RoostClient
+
+    return RoostClient.from_config(config)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+# -- hub ---------------------------------------------------------------------------------
+
+
+@app.command()
+def hub(
+    data: Annotated[Path | None, typer.Option(help="data dir (default: per-user data dir)")] = None,
+    listen: Annotated[
+        str | None, typer.Option(help="HTTPS HOST:PORT (default 0.0.0.0:7443)")
+    ] = None,
+    mqtt_port: Annotated[int | None, typer.Option(help="MQTT over TLS port (default 8883)")] = None,
+    public_host: Annotated[
+        str | None, typer.Option(help="the name devices reach the hub by (goes into tokens)")
+    ] = None,
+) -> None:
+    """Run the hub: HTTPS API, its own CA, and a managed Mosquitto broker."""
+    from roost.hub.main import run
+    from roost.settings import HubSettings
+
+    host = port = None
+    if listen:
+        host, _, port_text = listen.rpartition(":")
+        if not port_text.isdigit():
+            raise ValidationError("--listen takes HOST:PORT")
+        port = int(port_text)
+    settings_file = (data / "settings.toml") if data else None
+    settings = HubSettings.load(
+        settings_file,
+        data_dir=data,
+        listen_host=host or None,
+        listen_port=port,
+        mqtt_port=mqtt_port,
+        public_host=public_host,
+    )
+    run(settings)
+
+
+# -- tokens ------------------------------------------------------------------------------
+
+
+@token_app.command("create")
+def token_create(
+    config: ConfigOpt = None,
+    label: Annotated[list[str] | None, typer.Option(help="k=v label for devices that join")] = None,
+    uses: Annotated[int, typer.Option(help="how many devices may join with it")] = 1,
+    unlimited: Annotated[bool, typer.Option(help="any number of devices until it expires")] = False,
+    ttl: Annotated[str, typer.Option(help="lifetime, e.g. 1h, 7d")] = "1h",
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a join token: `roost agent join TOKEN` on a device enrolls it."""
+    with _client(config) as client:
+        result = client.create_join_token(
+            labels=parse_pairs(label or []),
+            uses=None if unlimited else uses,
+            ttl_s=int(parse_duration(ttl)),
+        )
+    if as_json:
+        _print_json(result)
+    else:
+        print(result["token"])
+
+
+# -- devices -----------------------------------------------------------------------------
+
+
+def _ago(value: str | None) -> str:
+    if not value:
+        return "never"
+    import datetime as dt
+
+    seconds = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(value)).total_seconds()
+    if seconds < 90:
+        return f"{max(0, int(seconds))}s ago"
+    if seconds < 5400:
+        return f"{int(seconds // 60)}m ago"
+    if seconds < 172800:
+        return f"{int(seconds // 3600)}h ago"
+    return f"{int(seconds // 86400)}d ago"
+
+
+def devices_table(devices: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{len(devices)} device(s)")
+    for column in ("ID", "STATUS", "LABELS", "LAST SEEN", "OS", "ARCH", "CPU", "MEM"):
+        table.add_column(column)
+    for d in devices:
+        status = d["status"] if d["state"] == "active" else "revoked"
+        color = {"online": "green", "offline": "yellow", "revoked": "red"}[status]
+        inv, metrics = d.get("inventory", {}), d.get("metrics", {})
+        table.add_row(
+            d["id"],
+            f"[{color}]{status}[/]",
+            ",".join(f"{k}={v}" for k, v in sorted(d["labels"].items())),
+            _ago(d.get("last_seen")),
+            str(inv.get("os", "")),
+            str(inv.get("arch", "")),
+            f"{metrics['cpu']:.0f}%" if "cpu" in metrics else "",
+            f"{metrics['memory']:.0f}%" if "memory" in metrics else "",
+        )
+    return table
+
+
+@devices_app.command("ls")
+def devices_ls(
+    config: ConfigOpt = None,
+    selector: Annotated[str, typer.Option("--selector", "-l", help="e.g. role=router")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """List devices."""
+    with _client(config) as client:
+        devices = client.devices(selector)
+    if as_json:
+        _print_json(devices)
+    else:
+        _console().print(devices_table(devices))
+
+
+@devices_app.command("show")
+def devices_show(device_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Everything about one device."""
+    with _client(config) as client:
+        device = client.device(device_id)
+    if as_json:
+        _print_json(device)
+        return
+    from rich.table import Table
+
+    table = Table(show_header=False, title=device_id)
+    table.add_column(style="bold")
+    table.add_column()
+    for key in ("status", "state", "labels", "last_seen", "enrolled_at", "agent_version"):
+        table.add_row(key, json.dumps(device[key], default=str).strip('"'))
+    for key, value in sorted(device["inventory"].items()):
+        table.add_row(f"inventory.{key}", str(value))
+    for key, value in sorted(device["metrics"].items()):
+        table.add_row(f"metrics.{key}", str(value))
+    table.add_row("certificate until", str(device["cert_not_after"]))
+    table.add_row(
+        "twin", f"desired v{device['desired_version']}, reported v{device['reported_version']}"
+    )
+    _console().print(table)
+
+
+@devices_app.command("label")
+def devices_label(
+    device_id: str,
+    labels: Annotated[list[str], typer.Argument(help="k=v to set, k- to remove")],
+    config: ConfigOpt = None,
+) -> None:
+    """Set or remove labels; the device learns them through its desired state."""
+    with _client(config) as client:
+        device = client.label(device_id, parse_pairs(labels, allow_remove=True))
+    print(",".join(f"{k}={v}" for k, v in sorted(device["labels"].items())) or "(no labels)")
+
+
+@devices_app.command("revoke")
+def devices_revoke(device_id: str, config: ConfigOpt = None) -> None:
+    """Revoke a device: the broker and the API refuse it from now on."""
+    with _client(config) as client:
+        client.revoke(device_id)
+    print(f"revoked {device_id}")
+
+
+# -- twin --------------------------------------------------------------------------------
+
+
+@twin_app.command("show")
+def twin_show(device_id: str, config: ConfigOpt = None) -> None:
+    """Desired and reported state (JSON)."""
+    with _client(config) as client:
+        _print_json(client.twin(device_id))
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+@twin_app.command("set")
+def twin_set(
+    device_id: str,
+    values: Annotated[
+        list[str],
+        typer.Argument(help="key=value (JSON or text), key- removes; e.g. heartbeat_interval=10"),
+    ],
+    config: ConfigOpt = None,
+) -> None:
+    """Change the desired state; the agent applies it and reports back."""
+    patch = {
+        k: (None if v is None else _json_or_text(v)) for k, v in parse_pairs(values, True).items()
+    }
+    with _client(config) as client:
+        _print_json(client.set_desired(device_id, patch))
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+@app.command("cmd")
+def cmd(
+    device_id: str,
+    name: str,
+    arg: Annotated[list[str] | None, typer.Option(help="k=v argument (JSON or text)")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 10.0,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a command on a device (ping, reload-config, logs) and print its answer."""
+    args = {k: _json_or_text(v) for k, v in parse_pairs(arg or []).items()}
+    with _client(config) as client:
+        result = client.command(device_id, name, args, timeout)
+    if result["status"] != "ok":
+        raise RoostError(f"{name} on {device_id}: {result['error']}")
+    value = result["result"]
+    if name == "logs" and isinstance(value, dict):
+        print("\n".join(value.get("lines", [])))
+    else:
+        _print_json(value)
+
+
+# -- tenants and events ------------------------------------------------------------------
+
+
+@tenant_app.command("create")
+def tenant_create(name: str, config: ConfigOpt = None) -> None:
+    """Create a tenant and print its admin token (shown once)."""
+    with _client(config) as client:
+        result = client.create_tenant(name)
+    print(result["admin_token"])
+
+
+@tenant_app.command("ls")
+def tenant_ls(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    with _client(config) as client:
+        tenants = client.tenants()
+    if as_json:
+        _print_json(tenants)
+    else:
+        for tenant in tenants:
+            print(tenant["name"])
+
+
+@events_app.command("ls")
+def events_ls(
+    config: ConfigOpt = None,
+    type: Annotated[str, typer.Option(help="event type, or a prefix ending in *")] = "",
+    device: Annotated[str, typer.Option(help="only this device's events")] = "",
+    limit: int = 50,
+) -> None:
+    """The newest stored events, as JSON lines."""
+    with _client(config) as client:
+        events = client.events(type=type, device=device, limit=1000)
+    for event in events[-limit:]:
+        print(json.dumps(event, default=str))
+
+
+# -- demo and simulator ------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    devices: Annotated[int, typer.Option(help="how many agents to start")] = 3,
+    keep: Annotated[bool, typer.Option(help="keep running until Ctrl-C (default)")] = True,
+) -> None:
+    """A hub, its broker and N real agents on this machine; Ctrl-C stops everything."""
+    from roost.cli.demo import run_demo
+
+    run_demo(devices, keep)
+
+
+@app.command()
+def sim(
+    devices: Annotated[int, typer.Option(help="how many virtual devices")] = 100,
+    data: Annotated[
+        Path, typer.Option(help="where the virtual devices keep their identities")
+    ] = Path(".roost/sim"),
+    heartbeat: Annotated[float, typer.Option(help="seconds between heartbeats")] = 30.0,
+    duration: Annotated[
+        float, typer.Option(help="run this long, then stop (0: until Ctrl-C)")
+    ] = 0.0,
+    config: ConfigOpt = None,
+) -> None:
+    """Many light virtual devices in one process, over the real protocol."""
+    from roost.sim.fleet import run_sim
+
+    run_sim(config, devices, data, heartbeat, duration)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "agent":
+        from roost.agent.cli import main as agent_main
+
+        sys.exit(agent_main(sys.argv[2:]))
+    try:
+        app(standalone_mode=False)
+    except RoostError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except typer.Abort:
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as err:
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise

@@ -1,0 +1,203 @@
+"""The Python SDK: the hub's HTTP API as methods. The CLI is built on it.
+
+::
+
+    from roost.client import RoostClient
+    with RoostClient.from_config() as hub:
+        for device in hub.devices():
+            print(device["id"], device["status"])
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from roost.errors import (
+    AuthError,
+    CommandTimeoutError,
+    ConfigError,
+    ForbiddenError,
+    HubError,
+    HubUnreachableError,
+    NotFoundError,
+)
+from roost.settings import default_data_dir
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    hub_url: str
+    ca_file: Path
+    token: str = field(repr=False)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> ClientConfig:
+        """``path``, else ``$ROOST_CONFIG``, else the default hub data dir's client.toml."""
+        if path is None:
+            env = os.environ.get("ROOST_CONFIG")
+            path = Path(env) if env else default_data_dir("hub") / "client.toml"
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as err:
+            raise ConfigError(
+                f"no client config at {path}; start a hub (`roost hub`) or pass --config"
+            ) from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"client config {path}: {err}") from err
+        try:
+            ca = Path(data["ca_file"])
+            if not ca.is_absolute():
+                ca = path.parent / ca
+            return cls(hub_url=data["hub_url"], ca_file=ca, token=data["token"])
+        except KeyError as err:
+            raise ConfigError(f"client config {path} lacks {err.args[0]!r}") from err
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        message = str(response.json().get("error") or response.text)
+    except ValueError:
+        message = response.text or f"HTTP {response.status_code}"
+    status = response.status_code
+    if status == 401:
+        raise AuthError(message)
+    if status == 403:
+        raise ForbiddenError(message)
+    if status == 404:
+        raise NotFoundError(message)
+    if status == 504:
+        raise CommandTimeoutError(message)
+    raise HubError(message, status)
+
+
+class RoostClient:
+    def __init__(self, config: ClientConfig, timeout: float = 30.0) -> None:
+        self.config = config
+        if not config.ca_file.exists():
+            raise ConfigError(f"the hub's CA file {config.ca_file} does not exist")
+        self._http = httpx.Client(
+            base_url=config.hub_url,
+            verify=str(config.ca_file),
+            headers={"authorization": f"Bearer {config.token}"},
+            timeout=timeout,
+        )
+
+    @classmethod
+    def from_config(cls, path: Path | None = None) -> RoostClient:
+        return cls(ClientConfig.load(path))
+
+    def with_token(self, token: str) -> RoostClient:
+        """The same hub, another caller (for example a tenant's admin token)."""
+        return RoostClient(ClientConfig(self.config.hub_url, self.config.ca_file, token))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, timeout: float | None = None, **kwargs: Any) -> Any:
+        try:
+            if timeout is not None:
+                kwargs["timeout"] = timeout
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as err:
+            raise HubUnreachableError(self.config.hub_url, str(err) or type(err).__name__) from err
+        _raise_for(response)
+        return response.json()
+
+    # -- fleet ---------------------------------------------------------------------------
+
+    def create_join_token(
+        self, labels: dict[str, str] | None = None, uses: int | None = 1, ttl_s: int | None = None
+    ) -> dict[str, Any]:
+        body = {"labels": labels or {}, "uses": uses, "ttl_s": ttl_s}
+        result: dict[str, Any] = self._call("POST", "/v1/tokens", json=body)
+        return result
+
+    def devices(self, selector: str = "") -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call(
+            "GET", "/v1/devices", params={"selector": selector} if selector else None
+        )
+        return result
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/v1/devices/{device_id}")
+        return result
+
+    def label(self, device_id: str, labels: dict[str, str | None]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            "PATCH", f"/v1/devices/{device_id}/labels", json={"labels": labels}
+        )
+        return result
+
+    def revoke(self, device_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/v1/devices/{device_id}/revoke")
+        return result
+
+    def twin(self, device_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/v1/devices/{device_id}/twin")
+        return result
+
+    def set_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            "PATCH", f"/v1/devices/{device_id}/twin/desired", json={"patch": patch}
+        )
+        return result
+
+    def command(
+        self,
+        device_id: str,
+        name: str,
+        args: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run a command; raises ``CommandTimeoutError`` when the device does not answer."""
+        body = {"name": name, "args": args or {}, "timeout": timeout}
+        wait = (timeout or 60.0) + 10.0
+        result: dict[str, Any] = self._call(
+            "POST", f"/v1/devices/{device_id}/commands", json=body, timeout=wait
+        )
+        return result
+
+    # -- tenants, events, hub ------------------------------------------------------------
+
+    def create_tenant(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/v1/tenants", json={"name": name})
+        return result
+
+    def tenants(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/v1/tenants")
+        return result
+
+    def events(
+        self, type: str = "", device: str = "", after: int = 0, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"after": after, "limit": limit}
+        if type:
+            params["type"] = type
+        if device:
+            params["device"] = device
+        result: list[dict[str, Any]] = self._call("GET", "/v1/events", params=params)
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/v1/hub/stats")
+        return result

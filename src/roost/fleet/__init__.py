@@ -1,0 +1,1 @@
+"""The fleet: enrollment, devices, presence, labels, twin and commands."""

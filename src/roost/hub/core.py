@@ -1,0 +1,322 @@
+"""The hub's composition root: settings, database, identity, broker, link and loops.
+
+``Hub.start`` runs at application start-up (FastAPI lifespan) and ``Hub.stop`` at
+shutdown, so the managed broker never outlives the hub that started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import socket
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from sqlalchemy import select, update
+
+from roost.access.service import ensure_default_tenant
+from roost.atomic import write_private
+from roost.db import Database, utcnow
+from roost.errors import BrokerError
+from roost.fleet import service as fleet
+from roost.fleet.ingest import FlushResult, Ingest, insert_events
+from roost.fleet.models import CommandRow, Device
+from roost.hub import identity as hub_identity
+from roost.hub.broker import ManagedBroker
+from roost.hub.database import migrate
+from roost.hub.link import HubLink, client_tls
+from roost.settings import HubSettings
+from roost.wire import Ack, Command, Desired, Reply, topics
+from roost.wire.topics import Down
+
+log = logging.getLogger("roost.hub")
+
+
+def public_host(settings: HubSettings) -> str:
+    if settings.public_host:
+        return settings.public_host
+    if settings.listen_host not in ("0.0.0.0", "::", ""):
+        return settings.listen_host
+    return socket.gethostname()
+
+
+def client_config_text(hub_url: str, ca_file: str, token: str) -> str:
+    return f'hub_url = "{hub_url}"\nca_file = "{ca_file}"\ntoken = "{token}"\n'
+
+
+class Hub:
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        self.data_dir = settings.data_dir
+        self.host = public_host(settings)
+        self.url = f"https://{self.host}:{settings.listen_port}"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.identity = hub_identity.load_or_create(
+            self.data_dir / "pki", self.host, settings.server_cert_ttl_s
+        )
+        self.ca = self.identity.ca
+        self.db = Database(settings.database)
+        self.ingest = Ingest(settings.max_payload_bytes, settings.max_twin_bytes)
+        self.broker: ManagedBroker | None = None
+        self.link: HubLink | None = None
+        self.first_token: str | None = None
+        self.started_at = time.time()
+        self._waiters: dict[str, asyncio.Future[Reply]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._flush_wanted = asyncio.Event()
+        self._link_up_since = 0.0
+        self._revocation_lock = asyncio.Lock()
+
+    # -- start and stop ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._prepare_database)
+        mqtt_host, mqtt_port = await self._start_broker()
+        tls = client_tls(
+            str(self.identity.ca_path),
+            str(self.identity.client_cert),
+            str(self.identity.client_key),
+        )
+        self.link = HubLink(mqtt_host, mqtt_port, tls, self._on_message)
+        await self.link.start()
+        self._link_up_since = time.monotonic()
+        for loop in (self._flush_loop(), self._presence_loop(), self._command_expiry_loop()):
+            self._spawn(loop)
+        log.info("hub ready at %s (mqtt %s:%s)", self.url, mqtt_host, mqtt_port)
+
+    def _prepare_database(self) -> None:
+        migrate(self.db)
+        with self.db.session() as session:
+            self.first_token = ensure_default_tenant(session)
+            for device_id, tenant_id, state in session.execute(
+                select(Device.id, Device.tenant_id, Device.state)
+            ):
+                self.ingest.known(device_id, tenant_id if state == "active" else None)
+        if self.first_token is not None:
+            write_private(
+                self.data_dir / "client.toml",
+                client_config_text(self.url, str(self.identity.ca_path), self.first_token),
+            )
+
+    async def _start_broker(self) -> tuple[str, int]:
+        settings = self.settings
+        if settings.external_broker:
+            host, _, port = settings.external_broker.rpartition(":")
+            if not host or not port.isdigit():
+                raise BrokerError("external_broker must be host:port")
+            return host, int(port)
+        self.broker = ManagedBroker(
+            self.data_dir / "broker",
+            settings.mqtt_port,
+            settings.listen_host or "0.0.0.0",
+            binary=settings.mosquitto_bin,
+            max_packet=settings.max_payload_bytes * 4,
+            backoff_max_s=settings.broker_restart_backoff_max_s,
+        )
+        crl, revoked_ids = await asyncio.to_thread(self._revocation_files)
+        identity = self.identity
+        self.broker.write_files(
+            self.ca.cert_pem,
+            identity.server_cert.read_text(),
+            identity.server_key.read_bytes(),
+            crl,
+        )
+        self.broker.write_revocations(crl, revoked_ids)
+        await self.broker.start()
+        connect_host = "127.0.0.1" if settings.listen_host in ("0.0.0.0", "") else self.host
+        return connect_host, settings.mqtt_port
+
+    def _revocation_files(self) -> tuple[str, list[str]]:
+        with self.db.session() as session:
+            revoked, ids = fleet.revocations(session)
+        return self.ca.crl(revoked), ids
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await self._flush_once()
+        if self.link is not None:
+            await self.link.stop()
+        if self.broker is not None:
+            await self.broker.stop()
+        self.db.dispose()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(coroutine))
+
+    # -- device messages -----------------------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self.ingest.accept(topic, payload)
+        self._flush_wanted.set()
+
+    async def _flush_loop(self) -> None:
+        # Outbox messages are written as soon as the last write is done; heartbeats that
+        # arrive meanwhile coalesce, so the batch grows with the load.
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            try:
+                await self._flush_once()
+            except Exception:
+                log.exception("writing device messages failed; retrying")
+                await asyncio.sleep(1)
+            await asyncio.sleep(0.02)
+
+    async def _flush_once(self) -> None:
+        batch = self.ingest.take()
+        if not len(batch):
+            return
+        result = await asyncio.to_thread(self._write_batch, batch)
+        self._publish_results(result)
+
+    def _write_batch(self, batch: Any) -> FlushResult:
+        now = utcnow()
+        with self.db.session() as session:
+            result = self.ingest.flush(session, batch, now)
+            lifecycle = [("online", d) for d in result.went_online] + [
+                ("offline", d) for d in result.went_offline
+            ]
+            if lifecycle:
+                self._lifecycle_events(session, lifecycle, now)
+        return result
+
+    def _lifecycle_events(
+        self, session: Any, changes: list[tuple[str, str]], now: dt.datetime
+    ) -> None:
+        tenants = dict(
+            session.execute(
+                select(Device.id, Device.tenant_id).where(Device.id.in_([d for _, d in changes]))
+            ).all()
+        )
+        rows = [
+            {
+                "tenant_id": tenants[device_id],
+                "event_id": f"{kind}-{device_id}-{now.timestamp():.6f}",
+                "source": "roost://hub",
+                "type": f"roost.device.{kind}",
+                "subject": device_id,
+                "device_id": device_id,
+                "time": now,
+                "data": None,
+                "received_at": now,
+            }
+            for kind, device_id in changes
+            if device_id in tenants
+        ]
+        if rows:
+            insert_events(session, rows)
+
+    def _publish_results(self, result: FlushResult) -> None:
+        if self.link is None:
+            return
+        for device_id, seqs in result.acks.items():
+            self.link.publish(topics.down(device_id, Down.ACK), Ack(seqs=seqs).encode(), qos=1)
+        for device_id, desired in result.desired:
+            self.publish_desired(device_id, desired)
+        for reply in result.replies:
+            waiter = self._waiters.get(reply.id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(reply)
+
+    def publish_desired(self, device_id: str, desired: Desired) -> None:
+        if self.link is not None:
+            self.link.publish(topics.down(device_id, Down.DESIRED), desired.encode(), retain=True)
+
+    # -- presence and commands -----------------------------------------------------------
+
+    async def _presence_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.2, min(5.0, self.settings.heartbeat_interval_s / 2)))
+            try:
+                await asyncio.to_thread(self._mark_silent_offline)
+            except Exception:
+                log.exception("presence check failed")
+
+    def _mark_silent_offline(self) -> None:
+        """Devices not heard from for a few heartbeat intervals are offline.
+
+        Not while the hub's own link to the broker is down or has just come back: then
+        silence says nothing about the devices.
+        """
+        if self.link is None or not self.link.connected.is_set():
+            self._link_up_since = 0.0
+            return
+        if not self._link_up_since:
+            self._link_up_since = time.monotonic()
+        default = self.settings.heartbeat_interval_s
+        factor = self.settings.offline_after_intervals
+        now = utcnow()
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Device.id, Device.last_seen, Device.desired).where(Device.online)
+            ).all()
+            silent = []
+            for device_id, last_seen, desired in rows:
+                interval = float(desired.get("heartbeat_interval") or default)
+                if time.monotonic() - self._link_up_since < factor * interval:
+                    continue
+                if last_seen is None or (now - last_seen).total_seconds() > factor * interval:
+                    silent.append(device_id)
+            if silent:
+                session.execute(update(Device).where(Device.id.in_(silent)).values(online=False))
+                self._lifecycle_events(session, [("offline", d) for d in silent], now)
+
+    async def _command_expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await asyncio.to_thread(self._expire_commands)
+            except Exception:
+                log.exception("command expiry failed")
+
+    def _expire_commands(self) -> None:
+        with self.db.session() as session:
+            session.execute(
+                update(CommandRow)
+                .where(CommandRow.status == "pending", CommandRow.deadline < utcnow())
+                .values(status="timeout", error="the device did not answer in time")
+            )
+
+    async def send_command(self, row: CommandRow, timeout: float) -> Reply | None:
+        """Publish a stored command and wait for its reply; None on timeout."""
+        assert self.link is not None
+        waiter: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._waiters[row.id] = waiter
+        try:
+            message = Command(
+                id=row.id, name=row.name, args=row.args, deadline=row.deadline.timestamp()
+            )
+            self.link.publish(topics.down(row.device_id, Down.COMMAND), message.encode())
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            self._waiters.pop(row.id, None)
+
+    # -- revocation ----------------------------------------------------------------------
+
+    async def apply_revocations(self) -> None:
+        """Push the CRL and ACL to the broker and drop the revoked devices' connections."""
+        async with self._revocation_lock:
+            crl, ids = await asyncio.to_thread(self._revocation_files)
+            for device_id in ids:
+                self.ingest.known(device_id, None)
+            if self.broker is not None:
+                self.broker.write_revocations(crl, ids)
+                await self.broker.restart()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "mqtt_connected": bool(self.link and self.link.connected.is_set()),
+            "broker_restarts": self.broker.restarts if self.broker else 0,
+            "messages": dict(self.ingest.stats),
+        }
