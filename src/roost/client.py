@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,7 @@ class RoostClient:
             raise ConfigError(f"the hub's CA file {config.ca_file} does not exist")
         self._http = httpx.Client(
             base_url=config.hub_url,
-            verify=str(config.ca_file),
+            verify=ssl.create_default_context(cafile=str(config.ca_file)),
             headers={"authorization": f"Bearer {config.token}"},
             timeout=timeout,
         )
