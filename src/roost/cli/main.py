@@ -168,8 +168,13 @@ def devices_table(devices: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
     table = Table(title=f"{len(devices)} device(s)")
-    for column in ("ID", "STATUS", "LABELS", "LAST SEEN", "OS", "ARCH", "CPU", "MEM"):
-        table.add_column(column)
+    table.add_column("ID", no_wrap=True)
+    table.add_column("STATUS", no_wrap=True)
+    table.add_column("LABELS")
+    table.add_column("LAST SEEN", no_wrap=True)
+    table.add_column("OS", no_wrap=True, overflow="ellipsis", max_width=20)
+    for column in ("ARCH", "CPU", "MEM"):
+        table.add_column(column, no_wrap=True)
     for d in devices:
         status = d["status"] if d["state"] == "active" else "revoked"
         color = {"online": "green", "offline": "yellow", "revoked": "red"}[status]
@@ -348,12 +353,12 @@ def events_ls(
 @app.command()
 def demo(
     devices: Annotated[int, typer.Option(help="how many agents to start")] = 3,
-    keep: Annotated[bool, typer.Option(help="keep running until Ctrl-C (default)")] = True,
+    duration: Annotated[float, typer.Option(help="stop after this many seconds (0: Ctrl-C)")] = 0.0,
 ) -> None:
     """A hub, its broker and N real agents on this machine; Ctrl-C stops everything."""
     from roost.cli.demo import run_demo
 
-    run_demo(devices, keep)
+    run_demo(devices, duration)
 
 
 @app.command()
