@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from system.procs import Proc, free_port, wait_for
 
 from roost.client import RoostClient
+from system.procs import Proc, free_port, wait_for
 
 StartProc = Callable[..., Proc]
 ROOST = [sys.executable, "-m", "roost"]
