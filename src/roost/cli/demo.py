@@ -133,8 +133,9 @@ def run_demo(devices: int, duration: float) -> None:
         console.print(
             f"[green]{devices} devices enrolled and online in {time.monotonic() - started:.1f}s[/]"
         )
+        config = demo.root / "hub" / "client.toml"
         console.print(
-            f"try, in another terminal:\n  export ROOST_CONFIG={demo.root / 'hub' / 'client.toml'}\n"
+            f"try, in another terminal:\n  export ROOST_CONFIG={config}\n"
             f"  roost devices ls\n  roost cmd {fleet[0]['id']} ping\n"
             "Ctrl-C stops everything."
         )
