@@ -7,6 +7,8 @@
 - ``postgres_server`` (session) runs one throwaway PostgreSQL server; ``postgres_url``
   (session) is a database on it; ``fresh_postgres_db`` is a new database for one test.
 - ``start_proc`` starts processes that are stopped when the test ends.
+- Hypothesis runs without deadlines: tests never assert on timing. (Its ``.hypothesis``
+  directory ignores itself with a ``.gitignore`` of its own.)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from os import PathLike
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from system.procs import (
     PostgresServer,
@@ -27,6 +30,9 @@ from system.procs import (
 )
 
 SYSTEM_DIR = Path(__file__).parent / "system"
+
+settings.register_profile("roost", deadline=None)
+settings.load_profile("roost")
 
 _procs_before = pytest.StashKey[int]()
 

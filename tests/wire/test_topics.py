@@ -41,7 +41,7 @@ def test_spelling() -> None:
 
 
 def test_outbox_kinds_are_the_acknowledged_up_kinds() -> None:
-    assert topics.OUTBOX_KINDS == {Up.REPORTED, Up.REPLY, Up.EVENT}
+    assert {Up.REPORTED, Up.REPLY, Up.EVENT} == topics.OUTBOX_KINDS
 
 
 @pytest.mark.parametrize(
@@ -173,4 +173,3 @@ def test_device_filter_takes_only_its_own_down_topics(kind: Down) -> None:
     assert not mqtt_matches(mine, topics.down(OTHER, kind))
     for up_kind in Up:
         assert not mqtt_matches(mine, topics.up(DEVICE, up_kind))
-
