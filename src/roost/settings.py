@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -83,6 +82,8 @@ class _Settings:
         if file is None and env.get(ENV_PREFIX + "SETTINGS_FILE"):
             file = Path(env[ENV_PREFIX + "SETTINGS_FILE"])
         if file is not None and file.exists():
+            import tomllib  # only when there is a file: the agent rarely has one
+
             try:
                 data = tomllib.loads(file.read_text())
             except tomllib.TOMLDecodeError as err:

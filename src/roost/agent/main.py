@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import logging.handlers
+import os
 import signal
 import sys
 import time
-import uuid
+from pathlib import Path
 from typing import Any
 
 from roost.agent.outbox import Outbox
@@ -16,11 +16,32 @@ from roost.settings import AgentSettings
 from roost.wire.topics import Up
 
 
+class RotatingLog(logging.FileHandler):
+    """``agent.log`` rotated to ``agent.log.1`` past ``max_bytes``.
+
+    Not ``logging.handlers``: that module pulls in pickle, queue and more (~1 MB of RSS)
+    for handlers the agent never uses.
+    """
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.max_bytes = max_bytes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is not None and self.stream.tell() > self.max_bytes:
+            self.acquire()
+            try:
+                self.stream.close()
+                os.replace(self.baseFilename, self.baseFilename + ".1")
+                self.stream = self._open()
+            finally:
+                self.release()
+        super().emit(record)
+
+
 def setup_logging(settings: AgentSettings, verbose: bool = False) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(
-        settings.data_dir / "agent.log", maxBytes=settings.log_max_bytes, backupCount=2
-    )
+    handler = RotatingLog(settings.data_dir / "agent.log", settings.log_max_bytes)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)
     console = logging.StreamHandler(sys.stderr)
@@ -50,6 +71,8 @@ def emit(
     settings: AgentSettings, event_type: str, data: Any, subject: str = "", source: str = "cli"
 ) -> str:
     """Queue a CloudEvent in the device's outbox; the running agent delivers it."""
+    import uuid
+
     event_id = str(uuid.uuid4())
     event = {
         "specversion": "1.0",

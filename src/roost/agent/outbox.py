@@ -48,6 +48,8 @@ class Outbox:
             self._db = sqlite3.connect(path, timeout=10, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # A small page cache: the outbox is tiny and the agent lives on small boxes.
+            self._db.execute("PRAGMA cache_size=-256")
             self._db.executescript(SCHEMA)
         except sqlite3.Error as err:
             raise ConfigError(f"cannot open the agent's store {path}: {err}") from err
