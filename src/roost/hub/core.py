@@ -16,13 +16,14 @@ from collections.abc import Coroutine
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from roost.access.service import ensure_default_tenant
 from roost.atomic import write_private
 from roost.db import Database, utcnow
 from roost.errors import BrokerError
 from roost.fleet import service as fleet
-from roost.fleet.ingest import FlushResult, Ingest, insert_events
+from roost.fleet.ingest import Batch, FlushResult, Ingest, insert_events
 from roost.fleet.models import CommandRow, Device
 from roost.hub import identity as hub_identity
 from roost.hub.broker import ManagedBroker
@@ -177,7 +178,7 @@ class Hub:
         result = await asyncio.to_thread(self._write_batch, batch)
         self._publish_results(result)
 
-    def _write_batch(self, batch: Any) -> FlushResult:
+    def _write_batch(self, batch: Batch) -> FlushResult:
         now = utcnow()
         with self.db.session() as session:
             result = self.ingest.flush(session, batch, now)
