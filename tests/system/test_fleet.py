@@ -49,6 +49,9 @@ def test_fleet_end_to_end(
             what="metrics from heartbeats",
         )
         assert [d["id"] for d in api.devices("site=s1")] == [ids[1]]
+        enrolled = {e["subject"] for e in api.events(type="roost.device.enrolled")}
+        assert enrolled == set(ids)
+        assert {e["subject"] for e in api.events(type="roost.device.online")} == set(ids)
 
         # Labels travel as desired state; the agent reports them back.
         api.label(ids[0], {"site": "hq", "role": None})

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Table, bindparam, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from roost.errors import WireError
-from roost.events.models import EventRow
+from roost.events.store import insert_events
 from roost.fleet.models import CommandRow, Device
 from roost.fleet.service import desired_message
 from roost.wire import Birth, Desired, Event, Heartbeat, Reply, Reported, Status, topics
@@ -296,14 +295,6 @@ class Ingest:
             )
         if rows:
             insert_events(session, rows)
-
-
-def insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Insert events, skipping ones already stored (same source and id)."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(EventRow).on_conflict_do_nothing(index_elements=["source", "event_id"])
-    session.execute(statement, rows)
 
 
 def _event_time(value: Any, now: dt.datetime) -> dt.datetime:

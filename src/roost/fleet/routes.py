@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from roost.api import DeviceDep, HubDep, PrincipalDep
 from roost.db import utcnow
 from roost.errors import CommandError, CommandTimeoutError, NotFoundError, ValidationError
+from roost.events.store import hub_event, insert_events
 from roost.fleet import service
 from roost.fleet.models import CommandRow
 from roost.fleet.schemas import (
@@ -48,8 +49,14 @@ async def enroll(body: EnrollRequest, hub: HubDep) -> EnrollResponse:
 
     def run() -> tuple[EnrollResponse, str]:
         with hub.db.session() as session:
+            now = utcnow()
             device, cert = service.enroll(
-                session, hub.ca, body.token_id, body.secret, body.csr, ttl, utcnow()
+                session, hub.ca, body.token_id, body.secret, body.csr, ttl, now
+            )
+            data = {"labels": device.labels}
+            insert_events(
+                session,
+                [hub_event(device.tenant_id, "roost.device.enrolled", device.id, now, data)],
             )
             return EnrollResponse(
                 device_id=device.id,
@@ -129,7 +136,12 @@ async def revoke_device(device_id: str, principal: PrincipalDep, hub: HubDep) ->
 
     def run() -> DeviceView:
         with hub.db.session() as session:
-            return DeviceView.of(service.revoke(session, principal, device_id, utcnow()))
+            now = utcnow()
+            device = service.revoke(session, principal, device_id, now)
+            insert_events(
+                session, [hub_event(device.tenant_id, "roost.device.revoked", device_id, now)]
+            )
+            return DeviceView.of(device)
 
     view = await run_in_threadpool(run)
     await hub.apply_revocations()

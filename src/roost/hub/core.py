@@ -16,14 +16,14 @@ from collections.abc import Coroutine
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
 from roost.access.service import ensure_default_tenant
 from roost.atomic import write_private
 from roost.db import Database, utcnow
 from roost.errors import BrokerError
+from roost.events.store import hub_event, insert_events
 from roost.fleet import service as fleet
-from roost.fleet.ingest import Batch, FlushResult, Ingest, insert_events
+from roost.fleet.ingest import Batch, FlushResult, Ingest
 from roost.fleet.models import CommandRow, Device
 from roost.hub import identity as hub_identity
 from roost.hub.broker import ManagedBroker
@@ -198,17 +198,7 @@ class Hub:
             ).all()
         )
         rows = [
-            {
-                "tenant_id": tenants[device_id],
-                "event_id": f"{kind}-{device_id}-{now.timestamp():.6f}",
-                "source": "roost://hub",
-                "type": f"roost.device.{kind}",
-                "subject": device_id,
-                "device_id": device_id,
-                "time": now,
-                "data": None,
-                "received_at": now,
-            }
+            hub_event(tenants[device_id], f"roost.device.{kind}", device_id, now)
             for kind, device_id in changes
             if device_id in tenants
         ]
