@@ -255,19 +255,11 @@ def test_config_errors_answer_400() -> None:
 # fail, and the marker should then go).
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="bug: an unknown override raises KeyError from the hints lookup, not ConfigError",
-)
 def test_unknown_override_raises_config_error() -> None:
     with pytest.raises(ConfigError):
         HubSettings.load(env=NO_ENV, no_such_setting=1)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: _coerce turns TOML true into 1 and 80.9 into 80 for int fields"
-)
 @pytest.mark.parametrize("text", ["listen_port = true", "listen_port = 80.9"])
 def test_file_int_refuses_bools_and_fractions(toml: Any, text: str) -> None:
     with pytest.raises(ConfigError):

@@ -1,7 +1,8 @@
 """The typed settings of the hub and the agent: one loader, read once at start.
 
-Values come, lowest priority first, from the dataclass defaults, a TOML file
-(``settings.toml`` in the data dir, or ``ROOST_SETTINGS_FILE``), environment variables
+Values come, lowest priority first, from the dataclass defaults, a TOML file (the
+caller's — the CLI passes ``DATA/settings.toml`` — or ``ROOST_SETTINGS_FILE``; a file
+that is not there is no error), environment variables
 ``ROOST_<FIELD>`` and finally explicit overrides (CLI flags). Every timeout, size limit,
 batch size and retry count is a named, bounded field here.
 
@@ -50,8 +51,13 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
                 return False
             raise ValueError(raw)
         if kind is int:
+            # TOML gives real booleans and floats; neither is silently an int.
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
             return int(raw)
         if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
             return float(raw)
         if kind is Path:
             return Path(str(raw)).expanduser()
@@ -97,6 +103,8 @@ class _Settings:
             if raw_env is not None:
                 values[field.name] = _coerce(field.name, raw_env, hints[field.name])
         for key, raw in overrides.items():
+            if key not in hints or key.startswith("_"):
+                raise ConfigError(f"unknown setting {key!r}")
             if raw is not None:
                 values[key] = _coerce(key, raw, hints[key])
         settings = cls(**values)
@@ -153,6 +161,10 @@ class HubSettings(_Settings):
         "max_payload_bytes": (256, 16 * 1024 * 1024),
         "max_twin_bytes": (64, 1024 * 1024),
         "command_timeout_s": (0.1, 3600),
+        "command_timeout_max_s": (1, 24 * 3600),
+        "server_cert_ttl_s": (3600, 20 * 365 * 24 * 3600),
+        "request_clock_skew_s": (1, 24 * 3600),
+        "broker_restart_backoff_max_s": (0.5, 3600),
     }
 
     @property
@@ -186,4 +198,7 @@ class AgentSettings(_Settings):
         "resend_after_s": (0.1, 3600),
         "renew_at_fraction": (0.05, 0.9),
         "outbox_max_messages": (10, 10_000_000),
+        "outbox_batch": (1, 10_000),
+        "keepalive_s": (5, 3600),
+        "log_max_bytes": (4096, 1024 * 1024 * 1024),
     }

@@ -112,10 +112,6 @@ def test_load_or_create_refuses_a_non_ec_key(tmp_path: Path) -> None:
         CertificateAuthority.load_or_create(tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: load_or_create makes a new CA (and overwrites ca.key) when ca.pem is gone",
-)
 def test_load_or_create_does_not_replace_a_key_whose_cert_is_missing(tmp_path: Path) -> None:
     original = CertificateAuthority.load_or_create(tmp_path, NOW)
     key_before = (tmp_path / "ca.key").read_bytes()

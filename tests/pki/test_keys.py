@@ -63,11 +63,6 @@ def test_missing_key_file_is_a_pki_error(tmp_path: Path) -> None:
         load_key(tmp_path / "nope.key")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bug: load_key_pem lets cryptography's TypeError out for an encrypted key",
-)
 def test_encrypted_key_file_is_a_pki_error(tmp_path: Path) -> None:
     path = tmp_path / "device.key"
     path.write_bytes(

@@ -14,10 +14,6 @@ from roost.wire.topics import Down, Up
 
 DEVICE = "d" + "a" * 20
 OTHER = "d" + "b2" * 10
-# DEVICE_ID_RE ends in "$", which also matches before a final newline.
-NEWLINE_BUG = pytest.mark.xfail(
-    strict=True, reason="bug in roost.wire.topics: DEVICE_ID_RE accepts a trailing newline"
-)
 device_ids = st.from_regex(topics.DEVICE_ID_RE, fullmatch=True)
 
 
@@ -56,7 +52,7 @@ def test_outbox_kinds_are_the_acknowledged_up_kinds() -> None:
         ("d" + "A" * 20, False),  # upper case
         ("d" + "a" * 19 + "1", False),  # 0, 1, 8, 9 are not base32
         ("d" + "a" * 19 + "8", False),
-        pytest.param(DEVICE + "\n", False, marks=NEWLINE_BUG, id="trailing-newline"),
+        pytest.param(DEVICE + "\n", False, id="trailing-newline"),
         (topics.HUB_IDENTITY, False),
         ("", False),
         ("+", False),
@@ -110,7 +106,7 @@ BAD_TOPICS = [
     pytest.param("roost/v1/d/dAAAAAAAAAAAAAAAAAAAA/up/birth", id="bad-device"),
     pytest.param(f"roost/v1/d/{topics.HUB_IDENTITY}/up/birth", id="hub-identity"),
     pytest.param("roost/v1/d//up/birth", id="empty-device"),
-    pytest.param(f"roost/v1/d/{DEVICE}\n/up/birth", id="device-newline", marks=NEWLINE_BUG),
+    pytest.param(f"roost/v1/d/{DEVICE}\n/up/birth", id="device-newline"),
     pytest.param(f"roost/v1/d/{DEVICE}/up/", id="empty-kind"),
     pytest.param(f"roost/v1/d/{DEVICE}/up/nope", id="unknown-up-kind"),
     pytest.param(f"roost/v1/d/{DEVICE}/up/cmd", id="down-kind-going-up"),

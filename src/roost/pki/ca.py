@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from roost.atomic import write_private
+from roost.atomic import write_atomic, write_private
 from roost.errors import PKIError
-from roost.pki.keys import generate_key, key_to_pem
+from roost.pki.keys import generate_key, key_to_pem, load_key
 
 CA_NAME = "Roost hub CA"
 
@@ -77,14 +77,17 @@ class CertificateAuthority:
     ) -> CertificateAuthority:
         key_path, cert_path = directory / "ca.key", directory / "ca.pem"
         if key_path.exists() and cert_path.exists():
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise PKIError(f"{key_path} is not an EC key")
-            return cls(key, load_cert(cert_path.read_bytes()))
+            return cls(load_key(key_path), load_cert(cert_path.read_bytes()))
+        if key_path.exists() or cert_path.exists():
+            # Never make a new CA over half of an old one: every device trusts the old.
+            raise PKIError(
+                f"{directory} holds only one of ca.key and ca.pem; restore the other from "
+                "a backup (a new CA would cut off every enrolled device)"
+            )
         directory.mkdir(parents=True, exist_ok=True)
         ca = cls.create(now)
         write_private(key_path, key_to_pem(ca._key))
-        cert_path.write_text(ca.cert_pem)
+        write_atomic(cert_path, ca.cert_pem)
         return ca
 
     @classmethod

@@ -37,7 +37,7 @@ def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
 def load_key_pem(pem: bytes) -> ec.EllipticCurvePrivateKey:
     try:
         key = serialization.load_pem_private_key(pem, password=None)
-    except ValueError as err:
+    except (ValueError, TypeError) as err:  # TypeError: the key is encrypted
         raise PKIError(f"not a PEM private key: {err}") from err
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise PKIError("the private key is not an EC key")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -48,7 +49,7 @@ def sign(
 
 def verify(
     public_key: ec.EllipticCurvePublicKey,
-    headers: dict[str, str],
+    headers: Mapping[str, str],
     method: str,
     target: str,
     body: bytes,

@@ -25,8 +25,8 @@ def _load(payload: bytes, max_bytes: int) -> JSON:
         raise WireError(f"payload of {len(payload)} bytes exceeds the {max_bytes}-byte limit")
     try:
         value = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise WireError(f"payload is not JSON: {err}") from err
+    except (ValueError, RecursionError) as err:  # ValueError covers bad UTF-8 and JSON
+        raise WireError(f"payload is not JSON: {str(err)[:200]}") from err
     if not isinstance(value, dict):
         raise WireError("payload is not a JSON object")
     return value
@@ -44,6 +44,18 @@ def _get(obj: JSON, key: str, kind: type | tuple[type, ...], default: Any = ...)
     if not isinstance(value, kind):
         raise WireError(f"field {key!r} has the wrong type")
     return value
+
+
+def _number(obj: JSON, key: str, default: Any = ...) -> float:
+    value = _get(obj, key, (int, float), default)
+    try:
+        return float(value)
+    except OverflowError as err:
+        raise WireError(f"field {key!r} is out of range") from err
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _str_map(value: Any, what: str) -> dict[str, str]:
@@ -106,12 +118,10 @@ class Heartbeat(_Message):
         obj = _load(payload, max_bytes)
         metrics = _get(obj, "metrics", dict)
         for key, value in metrics.items():
-            ok = isinstance(value, int | float) or (
-                isinstance(value, list) and all(isinstance(v, int | float) for v in value)
-            )
-            if not ok or isinstance(value, bool):
+            ok = _is_number(value) or (isinstance(value, list) and all(map(_is_number, value)))
+            if not ok:
                 raise WireError(f"metric {key!r} is not a number")
-        return cls(time=float(_get(obj, "time", (int, float))), metrics=metrics)
+        return cls(time=_number(obj, "time"), metrics=metrics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +213,7 @@ class Command(_Message):
             id=_get(obj, "id", str),
             name=_get(obj, "name", str),
             args=_get(obj, "args", dict, {}),
-            deadline=float(_get(obj, "deadline", (int, float), 0.0)),
+            deadline=_number(obj, "deadline", 0.0),
         )
 
 

@@ -15,7 +15,7 @@ from roost.errors import WireError
 
 PREFIX = "roost/v1/d"
 # Device ids are made by the hub: "d" + 20 lowercase base32 characters.
-DEVICE_ID_RE = re.compile(r"^d[a-z2-7]{20}$")
+DEVICE_ID_RE = re.compile(r"d[a-z2-7]{20}")
 # The hub's own MQTT identity; it can never be a device id.
 HUB_IDENTITY = "roost-hub"
 
@@ -43,7 +43,7 @@ OUTBOX_KINDS = frozenset({Up.REPORTED, Up.REPLY, Up.EVENT})
 
 
 def is_device_id(value: str) -> bool:
-    return bool(DEVICE_ID_RE.match(value))
+    return DEVICE_ID_RE.fullmatch(value) is not None
 
 
 def up(device_id: str, kind: Up) -> str:
