@@ -9,11 +9,29 @@ key so the hub knows who asks.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from roost.agent import hubapi
 from roost.agent.identity import Identity, IdentityStore
 from roost.errors import ConfigError, FingerprintMismatchError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+
+def _lifetime_start(cert: x509.Certificate) -> float:
+    """When the certificate's lifetime began, for renewal: now, not its notBefore.
+
+    The CA backdates notBefore by minutes to forgive clock skew; counted in, a certificate
+    shorter than that would look due for renewal the moment it arrives, and the agent
+    would renew in a tight loop.
+    """
+    return min(
+        max(cert.not_valid_before_utc.timestamp(), time.time()),
+        cert.not_valid_after_utc.timestamp(),
+    )
 
 
 def join(token_text: str, data_dir: Path) -> Identity:
@@ -42,7 +60,7 @@ def join(token_text: str, data_dir: Path) -> Identity:
         hub_url=token.hub_url,
         mqtt_host=answer["mqtt_host"],
         mqtt_port=int(answer["mqtt_port"]),
-        not_before=cert.not_valid_before_utc.timestamp(),
+        not_before=_lifetime_start(cert),
         not_after=cert.not_valid_after_utc.timestamp(),
         heartbeat_interval=float(answer["heartbeat_interval"]),
         labels=dict(answer["labels"]),
@@ -71,7 +89,7 @@ def renew(store: IdentityStore) -> Identity:
     cert = load_cert(answer["cert_pem"])
     renewed = dataclasses.replace(
         identity,
-        not_before=cert.not_valid_before_utc.timestamp(),
+        not_before=_lifetime_start(cert),
         not_after=cert.not_valid_after_utc.timestamp(),
     )
     store.save(renewed, key_to_pem(key), answer["cert_pem"], ca_pem)

@@ -23,7 +23,8 @@ class Identity:
     mqtt_host: str
     mqtt_port: int
     # Validity of the current certificate, as UNIX times (kept here so the agent need
-    # not parse X.509 to know when to renew).
+    # not parse X.509 to know when to renew). ``not_before`` is when the agent received
+    # it, not the backdated notBefore (see ``enroll._lifetime_start``).
     not_before: float
     not_after: float
     heartbeat_interval: float
