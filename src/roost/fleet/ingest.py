@@ -52,6 +52,17 @@ class Batch:
             + len(self.events)
         )
 
+    def count_from(self, devices: set[str]) -> int:
+        """How many of the buffered messages came from ``devices``."""
+        return (
+            sum(d in devices for d in self.heartbeats)
+            + sum(d in devices for d in self.births)
+            + sum(d in devices for d, _ in self.statuses)
+            + sum(d in devices for d in self.reported)
+            + sum(d in devices for d, _ in self.replies)
+            + sum(d in devices for d, _ in self.events)
+        )
+
 
 @dataclass
 class FlushResult:
@@ -141,9 +152,9 @@ class Ingest:
         )
         self._resolve(session, ids - set(self._tenants))
         active = {d for d in ids if self._tenants.get(d)}
-        self.stats["dropped_unknown_device"] += sum(
-            1 for d in ids - active if d in batch.heartbeats or d in batch.births
-        )
+        # Every message of an unknown or revoked device, not only its heartbeats and births.
+        dropped = batch.count_from(ids - active)
+        self.stats["dropped_unknown_device"] += dropped
         self._write_births(session, batch, active, now, result)
         self._write_heartbeats(session, batch, active, now)
         self._write_statuses(session, batch, active, result)
@@ -151,7 +162,7 @@ class Ingest:
         self._write_replies(session, batch, active, now, result)
         self._write_events(session, batch, active, now)
         result.acks = {d: seqs for d, seqs in batch.seqs.items() if d in active}
-        self.stats["ingested"] += len(batch)
+        self.stats["ingested"] += len(batch) - dropped
         return result
 
     def _resolve(self, session: Session, unknown: set[str]) -> None:
