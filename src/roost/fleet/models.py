@@ -18,8 +18,9 @@ class JoinTokenRow(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     secret_hash: Mapped[str] = mapped_column(String(64))
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    # None: any number of devices may join with it until it expires.
-    uses_left: Mapped[int | None] = mapped_column(default=1)
+    # None: any number of devices may join with it until it expires. No column default:
+    # the ORM would put it in place of an explicit None and make the token single-use.
+    uses_left: Mapped[int | None] = mapped_column()
     expires_at: Mapped[dt.datetime]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
