@@ -68,7 +68,11 @@ def config_text(directory: Path, port: int, host: str, max_packet: int) -> str:
             "autosave_interval 1",
             "autosave_on_changes false",
             "max_queued_messages 100000",
-            "max_inflight_messages 100",
+            # No cap: for MQTT 5 clients it is also the receive maximum the broker
+            # announces, and the hub publishes an ack and a desired state per device in
+            # bursts (with 100, its client ran out of packet ids once ~100 devices
+            # connected at once).
+            "max_inflight_messages 0",
             f"max_packet_size {max_packet}",
             "log_dest stdout",
             "log_type error",
