@@ -51,6 +51,21 @@ def setup_logging(settings: AgentSettings, verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # gmqtt logs every reconnect attempt at warning level; ours say it once.
     logging.getLogger("gmqtt").setLevel(logging.ERROR)
+    # Except when TLS refuses us (a revoked or expired certificate): say why, in one line.
+    protocol = logging.getLogger("gmqtt.mqtt.protocol")
+    protocol.setLevel(logging.WARNING)
+    protocol.addFilter(_tls_refusal)
+
+
+def _tls_refusal(record: logging.LogRecord) -> bool:
+    """Log gmqtt's connections lost to a TLS alert as one line of ours; drop the rest."""
+    import ssl
+
+    error = record.exc_info[1] if record.exc_info else None
+    # An alert from the broker, not a connection that merely broke off.
+    if isinstance(error, ssl.SSLError) and "ALERT" in (error.reason or ""):
+        logging.getLogger("roost.agent").warning("the broker refused the TLS connection: %s", error)
+    return False
 
 
 def run(settings: AgentSettings) -> None:
