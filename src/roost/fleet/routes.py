@@ -214,7 +214,8 @@ async def run_command(
     row, online = await run_in_threadpool(create)
     reply = await hub.send_command(row, timeout)
     view = await run_in_threadpool(_load_command, hub, principal.tenant_id, row.id)
-    if reply is None and view.status == "pending":
+    # "timeout": the expiry loop may have marked it between our wait and this read.
+    if reply is None and view.status in ("pending", "timeout"):
         state = "" if online else " (it is offline)"
         raise CommandTimeoutError(
             f"device {device_id} did not answer {body.name!r} within {timeout:g}s{state}",
