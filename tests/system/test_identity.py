@@ -8,6 +8,7 @@ can only come back with the renewed certificate.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -26,7 +27,8 @@ def identity(data_dir: Path) -> dict[str, float]:
 
 def issued_certs(hub: Hub, device_id: str) -> int:
     """Certificates the hub has issued to ``device_id`` (read from its SQLite file)."""
-    with sqlite3.connect(f"file:{hub.data_dir / 'roost.db'}?mode=ro", uri=True) as db:
+    url = f"file:{hub.data_dir / 'roost.db'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(url, uri=True)) as db:
         (count,) = db.execute(
             "SELECT count(*) FROM device_certs WHERE device_id = ?", (device_id,)
         ).fetchone()
