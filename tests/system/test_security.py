@@ -695,6 +695,8 @@ def test_tenants_see_and_touch_only_their_own(fleet: Fleet) -> None:
             raise AssertionError(f"acme could {what} a device of the default tenant")
         with pytest.raises(ForbiddenError):
             acme.create_tenant("acme-two")
+        with pytest.raises(ForbiddenError):
+            acme.stats()  # the whole hub's counters are the owner's
 
     with fleet.api() as owner:
         untouched = owner.device(bob)

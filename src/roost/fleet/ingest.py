@@ -126,7 +126,9 @@ class Ingest:
             case Status():
                 batch.statuses.append((device_id, message))
             case Reported():
-                batch.reported[device_id] = message
+                newest = batch.reported.get(device_id)
+                if newest is None or newest.desired_version <= message.desired_version:
+                    batch.reported[device_id] = message
                 batch.seqs[device_id].append(message.seq)
             case Reply():
                 batch.replies.append((device_id, message))
@@ -245,7 +247,8 @@ class Ingest:
                 continue
             session.execute(
                 update(Device)
-                .where(Device.id == device_id)
+                # A resent older report never overwrites a newer one.
+                .where(Device.id == device_id, Device.reported_version <= reported.desired_version)
                 .values(
                     reported=reported.state,
                     reported_version=reported.desired_version,

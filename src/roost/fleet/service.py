@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +34,7 @@ from roost.pki.tokens import hash_secret, new_secret
 from roost.wire import Desired
 
 LABEL_KEY_MAX = 63
+LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 LABEL_VALUE_MAX = 128
 # Desired-state keys the agent itself acts on; the rest is config for apps.
 KNOWN_DESIRED = ("config", "heartbeat_interval")
@@ -45,11 +47,7 @@ def new_device_id() -> str:
 def check_labels(labels: Mapping[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in labels.items():
-        if (
-            not key
-            or len(key) > LABEL_KEY_MAX
-            or not key.replace("-", "").replace("_", "").replace(".", "").replace("/", "").isalnum()
-        ):
+        if len(key) > LABEL_KEY_MAX or not LABEL_KEY_RE.fullmatch(key):
             raise ValidationError(f"label key {key!r} is not valid (letters, digits, -_./)")
         if not isinstance(value, str) or len(value) > LABEL_VALUE_MAX:
             raise ValidationError(f"label {key!r}: values are strings of at most 128 characters")

@@ -61,8 +61,12 @@ def create_app(settings: HubSettings) -> FastAPI:
         return {"ok": True, "version": __version__}
 
     @app.get("/v1/hub/stats", tags=["hub"])
-    def stats(_principal: PrincipalDep, hub: HubDep) -> dict[str, Any]:
-        """Counters: messages received, ingested and dropped (by reason), broker restarts."""
+    def stats(principal: PrincipalDep, hub: HubDep) -> dict[str, Any]:
+        """Counters: messages received, ingested and dropped (by reason), broker restarts.
+
+        The whole hub's figures, so for its owner only.
+        """
+        principal.require_owner()
         return hub.stats()
 
     return app
