@@ -401,6 +401,20 @@ def test_reported_state_is_written_and_acknowledged(db: Database, ingest: Ingest
     assert (a.reported, a.reported_version, a.reported_at) == ({"config": {"a": 1}}, 3, NOW)
 
 
+def test_a_resent_older_reported_state_never_overwrites_a_newer_one(
+    db: Database, ingest: Ingest
+) -> None:
+    newer = Reported(seq=6, desired_version=3, state={"config": {"a": 1}})
+    older = Reported(seq=5, desired_version=2, state={"config": {}})
+    send(ingest, A, Up.REPORTED, newer)
+    send(ingest, A, Up.REPORTED, older)  # same batch, arriving late
+    assert flush(ingest, db).acks == {A: [6, 5]}
+    send(ingest, A, Up.REPORTED, older)  # a later batch
+    flush(ingest, db)
+    a = device(db, A)
+    assert (a.reported, a.reported_version) == ({"config": {"a": 1}}, 3)
+
+
 def test_an_oversized_reported_state_is_dropped_but_acknowledged(
     db: Database, ingest: Ingest
 ) -> None:
