@@ -12,7 +12,7 @@ restart loses nothing (at least once; the hub's writes are idempotent).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Self
 
 from roost.errors import WireError
@@ -68,7 +68,10 @@ def _str_map(value: Any, what: str) -> dict[str, str]:
 
 class _Message:
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()  # type: ignore[call-overload]
+        # Field values are JSON values already: read them as they are. ``asdict`` deep-copied
+        # every nested dict and list first, the biggest cost of a heartbeat at 10k/s.
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return json.dumps(values, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)
