@@ -40,6 +40,8 @@ class Down(enum.StrEnum):
 
 
 OUTBOX_KINDS = frozenset({Up.REPORTED, Up.REPLY, Up.EVENT})
+# Built once: ``parse`` runs for every message the hub receives.
+_KINDS = {"up": frozenset(k.value for k in Up), "down": frozenset(k.value for k in Down)}
 
 
 def is_device_id(value: str) -> bool:
@@ -78,7 +80,6 @@ def parse(topic: str) -> ParsedTopic:
     device_id, direction, kind = parts[3], parts[4], parts[5]
     if not is_device_id(device_id):
         raise WireError(f"bad device id in topic: {device_id[:40]!r}")
-    known = {k.value for k in (Up if direction == "up" else Down)}
-    if kind not in known:
+    if kind not in _KINDS[direction]:
         raise WireError(f"unknown {direction} message kind {kind[:40]!r}")
     return ParsedTopic(device_id, direction, kind)
