@@ -119,6 +119,8 @@ def test_heartbeats_coalesce_per_device_and_are_written_in_one_statement(
     assert b.online
     assert a.last_seen == NOW
     assert ingest.stats["received"] == 5
+    assert ingest.stats["superseded"] == 3
+    assert ingest.stats["ingested"] == 2
     assert len(ingest) == 0
 
 

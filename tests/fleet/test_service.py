@@ -373,6 +373,61 @@ def test_heartbeat_intervals_within_bounds_are_accepted(
     assert load_device(db, device_id).desired == {"heartbeat_interval": interval}
 
 
+# interval of its own (None: the hub's 30 s), seconds since last seen (None: never),
+# seconds the hub has been listening -> called silent (3 intervals without a word)
+SILENCE_CASES = [
+    (None, 10, 1000, False),
+    (None, 89, 1000, False),
+    (None, 91, 1000, True),
+    (None, None, 1000, True),
+    (None, 91, 80, False),  # the hub has not listened for 3 intervals yet
+    (5, 14, 1000, False),
+    (5, 16, 1000, True),
+    (600, 91, 1000, False),
+    (600, 1801, 5000, True),
+    (600, 1801, 1000, False),
+]
+
+
+@pytest.mark.parametrize(("own", "seen_ago", "listened", "silent"), SILENCE_CASES)
+def test_devices_are_silent_after_three_of_their_own_heartbeat_intervals(
+    db: Database,
+    owner: Principal,
+    device_id: str,
+    own: float | None,
+    seen_ago: float | None,
+    listened: float,
+    silent: bool,
+) -> None:
+    if own is not None:
+        with db.session() as session:
+            service.set_desired(session, owner, device_id, {"heartbeat_interval": own}, 1024)
+    with db.session() as session:
+        device = session.get(Device, device_id)
+        assert device is not None
+        device.online = True
+        device.last_seen = None if seen_ago is None else NOW - dt.timedelta(seconds=seen_ago)
+    with db.session() as session:
+        found = service.silent_devices(session, NOW, listened, 30.0, 3)
+    assert found == ([device_id] if silent else [])
+
+
+def test_offline_devices_are_never_called_silent(db: Database, device_id: str) -> None:
+    with db.session() as session:
+        assert service.silent_devices(session, NOW, 10_000, 30.0, 3) == []
+
+
+def test_removing_the_heartbeat_interval_returns_the_device_to_the_hubs(
+    db: Database, owner: Principal, device_id: str
+) -> None:
+    with db.session() as session:
+        service.set_desired(session, owner, device_id, {"heartbeat_interval": 600}, 1024)
+    assert load_device(db, device_id).heartbeat_s == 600
+    with db.session() as session:
+        service.set_desired(session, owner, device_id, {"heartbeat_interval": None}, 1024)
+    assert load_device(db, device_id).heartbeat_s is None
+
+
 def test_desired_state_is_limited_in_size(db: Database, owner: Principal, device_id: str) -> None:
     limit = 200
     # json.dumps({"config": {"blob": ""}}) is 24 characters.

@@ -46,6 +46,9 @@ class Device(Base):
     cert_not_after: Mapped[dt.datetime]
     desired: Mapped[dict[str, Any]] = mapped_column(default=dict)
     desired_version: Mapped[int] = mapped_column(default=1)
+    # The heartbeat interval in the desired state, when one is set there: the presence
+    # check reads it without decoding every device's desired state.
+    heartbeat_s: Mapped[float | None] = mapped_column(default=None)
     reported: Mapped[dict[str, Any]] = mapped_column(default=dict)
     reported_version: Mapped[int] = mapped_column(default=0)
     reported_at: Mapped[dt.datetime | None] = mapped_column(default=None)

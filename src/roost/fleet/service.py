@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from roost.access import Principal
@@ -234,8 +234,40 @@ def set_desired(
     if size > max_bytes:
         raise ValidationError(f"desired state of {size} bytes exceeds the {max_bytes}-byte limit")
     device.desired = desired
+    device.heartbeat_s = None if interval is None else float(interval)
     device.desired_version += 1
     return device
+
+
+def silent_devices(
+    session: Session, now: dt.datetime, listened: float, default_interval: float, factor: float
+) -> list[str]:
+    """Online devices not heard from for ``factor`` heartbeat intervals.
+
+    ``listened`` is how long the hub has been receiving: a device is never called silent
+    before the hub could have heard ``factor`` of its heartbeats. Devices on the hub's
+    interval are filtered by the database; the few with an interval of their own (set in
+    their desired state) are checked here.
+    """
+    cutoff = now - dt.timedelta(seconds=factor * default_interval)
+    rows = session.execute(
+        select(Device.id, Device.last_seen, Device.heartbeat_s).where(
+            Device.online,
+            or_(
+                Device.heartbeat_s.is_not(None),
+                Device.last_seen.is_(None),
+                Device.last_seen < cutoff,
+            ),
+        )
+    )
+    silent = []
+    for device_id, last_seen, own in rows:
+        limit = factor * (own or default_interval)
+        if listened < limit:
+            continue
+        if last_seen is None or (now - last_seen).total_seconds() > limit:
+            silent.append(device_id)
+    return silent
 
 
 def revoke(session: Session, principal: Principal, device_id: str, now: dt.datetime) -> Device:

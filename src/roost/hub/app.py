@@ -62,7 +62,7 @@ def create_app(settings: HubSettings) -> FastAPI:
 
     @app.get("/v1/hub/stats", tags=["hub"])
     def stats(principal: PrincipalDep, hub: HubDep) -> dict[str, Any]:
-        """Counters: messages received, ingested and dropped (by reason), broker restarts.
+        """Counters: messages received, ingested, superseded, dropped (by reason); broker restarts.
 
         The whole hub's figures, so for its owner only.
         """

@@ -242,20 +242,16 @@ class Hub:
             return
         if not self._link_up_since:
             self._link_up_since = time.monotonic()
-        default = self.settings.heartbeat_interval_s
-        factor = self.settings.offline_after_intervals
+        listened = time.monotonic() - self._link_up_since
         now = utcnow()
         with self.db.session() as session:
-            rows = session.execute(
-                select(Device.id, Device.last_seen, Device.desired).where(Device.online)
-            ).all()
-            silent = []
-            for device_id, last_seen, desired in rows:
-                interval = float(desired.get("heartbeat_interval") or default)
-                if time.monotonic() - self._link_up_since < factor * interval:
-                    continue
-                if last_seen is None or (now - last_seen).total_seconds() > factor * interval:
-                    silent.append(device_id)
+            silent = fleet.silent_devices(
+                session,
+                now,
+                listened,
+                self.settings.heartbeat_interval_s,
+                self.settings.offline_after_intervals,
+            )
             if silent:
                 session.execute(update(Device).where(Device.id.in_(silent)).values(online=False))
                 self._lifecycle_events(session, [("offline", d) for d in silent], now)

@@ -63,6 +63,7 @@ def upgrade() -> None:
         sa.Column("cert_not_after", roost.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("desired", sa.JSON(), nullable=False),
         sa.Column("desired_version", sa.Integer(), nullable=False),
+        sa.Column("heartbeat_s", sa.Double(), nullable=True),
         sa.Column("reported", sa.JSON(), nullable=False),
         sa.Column("reported_version", sa.Integer(), nullable=False),
         sa.Column("reported_at", roost.db.UTCDateTime(timezone=True), nullable=True),
