@@ -124,6 +124,27 @@ def test_heartbeats_coalesce_per_device_and_are_written_in_one_statement(
     assert len(ingest) == 0
 
 
+@pytest.mark.parametrize(
+    ("kind", "message", "soon"),
+    [
+        (Up.HEARTBEAT, Heartbeat(time=1.0, metrics={}), False),
+        (Up.BIRTH, Birth(epoch=1, agent_version="1", inventory={}, labels={}), True),
+        (Up.STATUS, Status(online=False, epoch=1), True),
+        (Up.REPORTED, Reported(seq=1, desired_version=1, state={}), True),
+        (Up.REPLY, Reply(seq=1, id="c1", ok=True), True),
+        (Up.EVENT, Event(seq=1, event=cloudevent("e1")), True),
+    ],
+)
+def test_everything_but_heartbeats_asks_to_be_written_soon(
+    ingest: Ingest, kind: Up, message: Any, soon: bool
+) -> None:
+    assert ingest.accept(topics.up(A, kind), message.encode()) is soon
+
+
+def test_a_dropped_message_asks_for_no_write(ingest: Ingest) -> None:
+    assert ingest.accept(topics.up(A, Up.REPORTED), b"{not json") is False
+
+
 # -- what is dropped --------------------------------------------------------------------
 
 GOOD_HB = Heartbeat(time=1.0, metrics={}).encode()

@@ -102,8 +102,11 @@ class Ingest:
         """Tell the ingest a device's tenant (None: revoked or gone)."""
         self._tenants[device_id] = tenant_id
 
-    def accept(self, topic: str, payload: bytes) -> None:
-        """Decode one message into the batch; bad messages are dropped and counted."""
+    def accept(self, topic: str, payload: bytes) -> bool:
+        """Decode one message into the batch; bad messages are dropped and counted.
+
+        True when the message should be written soon: anything but a heartbeat.
+        """
         self.stats["received"] += 1
         try:
             parsed = topics.parse(topic)
@@ -113,11 +116,11 @@ class Ingest:
         except WireError as err:
             self.stats["dropped_malformed"] += 1
             log.debug("dropped message on %s: %s", topic[:120], err)
-            return
+            return False
         device_id = parsed.device_id
         if self._tenants.get(device_id, "") is None:
             self.stats["dropped_unknown_device"] += 1
-            return
+            return False
         batch = self._batch
         match message:
             case Heartbeat():
@@ -125,6 +128,7 @@ class Ingest:
                     # Only the newest heartbeat of a device in a batch is written.
                     self.stats["superseded"] += 1
                 batch.heartbeats[device_id] = (message.time, message.metrics)
+                return False
             case Birth():
                 batch.births[device_id] = message
             case Status():
@@ -140,6 +144,7 @@ class Ingest:
             case Event():
                 batch.events.append((device_id, message))
                 batch.seqs[device_id].append(message.seq)
+        return True
 
     def take(self) -> Batch:
         batch, self._batch = self._batch, Batch()

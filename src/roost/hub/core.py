@@ -35,6 +35,9 @@ from roost.wire.topics import Down
 
 log = logging.getLogger("roost.hub")
 
+# Heartbeats (and nothing else) are written at most this often.
+HEARTBEAT_FLUSH_S = 1.0
+
 
 def public_host(settings: HubSettings) -> str:
     if settings.public_host:
@@ -68,6 +71,7 @@ class Hub:
         self._waiters: dict[str, asyncio.Future[Reply]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._flush_wanted = asyncio.Event()
+        self._flush_soon = asyncio.Event()
         self._link_up_since = 0.0
         self._revocation_lock = asyncio.Lock()
 
@@ -155,15 +159,26 @@ class Hub:
     # -- device messages -----------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        self.ingest.accept(topic, payload)
+        if self.ingest.accept(topic, payload):
+            self._flush_soon.set()
         self._flush_wanted.set()
 
     async def _flush_loop(self) -> None:
-        # Outbox messages are written as soon as the last write is done; heartbeats that
-        # arrive meanwhile coalesce, so the batch grows with the load.
+        # What a device waits for (acknowledgements, presence) is written as soon as the
+        # last write is done. Heartbeats alone wait for the heartbeat flush period, so a
+        # busy hub writes each device's newest metrics about once a second rather than
+        # in dozens of small transactions; whatever arrives meanwhile coalesces.
+        loop = asyncio.get_running_loop()
+        period = min(HEARTBEAT_FLUSH_S, self.settings.heartbeat_interval_s / 2)
+        due = 0.0
         while True:
             await self._flush_wanted.wait()
+            if not self._flush_soon.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._flush_soon.wait(), due - loop.time())
             self._flush_wanted.clear()
+            self._flush_soon.clear()
+            due = loop.time() + period
             try:
                 await self._flush_once()
             except Exception:

@@ -261,7 +261,8 @@ class Fleet:
                     self.figures.connected += 1
                 except Exception as err:
                     self.figures.connect_failed += 1
-                    log.warning("%s could not connect: %s", link.device.device_id, err)
+                    why = str(err) or type(err).__name__
+                    log.warning("%s could not connect: %s", link.device.device_id, why)
                 on_done()
 
         await asyncio.gather(*(one(link) for link in self.links))
