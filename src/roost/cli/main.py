@@ -165,15 +165,23 @@ def _ago(value: str | None) -> str:
 
 
 def devices_table(devices: list[dict[str, Any]]) -> Any:
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"{len(devices)} device(s)")
-    table.add_column("ID", no_wrap=True)
-    table.add_column("STATUS", no_wrap=True)
-    table.add_column("LABELS")
-    table.add_column("LAST SEEN", no_wrap=True)
-    table.add_column("OS", no_wrap=True, overflow="ellipsis", max_width=20)
-    for column in ("ARCH", "CPU", "MEM"):
+    # An 80-column terminal shows ids, status and labels whole (a label per line); the
+    # architecture and the rest are in `roost devices show`.
+    table = Table(
+        title=f"{len(devices)} device(s)",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("ID", no_wrap=True, min_width=21)
+    table.add_column("STATUS", no_wrap=True, min_width=7)
+    table.add_column("LABELS", min_width=12)
+    table.add_column("SEEN", no_wrap=True)
+    table.add_column("OS", no_wrap=True, overflow="ellipsis", max_width=12)
+    for column in ("CPU", "MEM"):
         table.add_column(column, no_wrap=True)
     for d in devices:
         status = d["status"] if d["state"] == "active" else "revoked"
@@ -182,10 +190,9 @@ def devices_table(devices: list[dict[str, Any]]) -> Any:
         table.add_row(
             d["id"],
             f"[{color}]{status}[/]",
-            ",".join(f"{k}={v}" for k, v in sorted(d["labels"].items())),
+            "\n".join(f"{k}={v}" for k, v in sorted(d["labels"].items())),
             _ago(d.get("last_seen")),
             str(inv.get("os", "")),
-            str(inv.get("arch", "")),
             f"{metrics['cpu']:.0f}%" if "cpu" in metrics else "",
             f"{metrics['memory']:.0f}%" if "memory" in metrics else "",
         )
