@@ -23,8 +23,15 @@ prints ``str(error)`` as one line and exits non-zero, the API maps ``status`` to
     ├── HubError                 the hub answered with an error (client side)
     │   └── HubUnreachableError  no answer at all
     ├── BrokerError              the MQTT broker could not be started or reached
-    └── CommandError             a device command failed or timed out
-        └── CommandTimeoutError
+    ├── CommandError             a device command failed or timed out
+    │   └── CommandTimeoutError
+    ├── BundleError              an app manifest or bundle that is refused (names the field
+    │                            or the member at fault)
+    ├── CatalogError             the hub's signed catalog (TUF repository) cannot do it
+    ├── UpdateError              fetching signed metadata or targets failed on a device
+    │   └── UpdateRefusedError   verification refused them: tampered, rolled back,
+    │                            expired, signed by an unknown key
+    └── AppError                 an app could not be started or supervised on a device
 """
 
 from __future__ import annotations
@@ -127,3 +134,23 @@ class CommandError(RoostError):
 
 class CommandTimeoutError(CommandError):
     status = 504
+
+
+class BundleError(RoostError):
+    status = 422
+
+
+class CatalogError(RoostError):
+    status = 409
+
+
+class UpdateError(RoostError):
+    status = 502
+
+
+class UpdateRefusedError(UpdateError):
+    pass
+
+
+class AppError(RoostError):
+    status = 500
