@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from roost.errors import HubError, HubUnreachableError
+from roost.errors import HubError, HubUnreachableError, WireError
 
 # A signer turns (method, target, body) into authentication headers.
 Signer = Callable[[str, str, bytes], dict[str, str]]
@@ -79,3 +79,55 @@ def device_signer(device_id: str, key_pem: bytes) -> Signer:
         return signing.sign(key, device_id, method, target, body, time.time())
 
     return sign
+
+
+def fetch(
+    url: str,
+    path: str,
+    context: ssl.SSLContext,
+    signer: Signer | None = None,
+    timeout: float = 30.0,
+    max_bytes: int = 1 << 20,
+) -> bytes:
+    """One signed GET of raw bytes, refusing an answer longer than ``max_bytes``.
+
+    Signing, TLS and ``timeout`` are as in ``request()``. An HTTP error becomes ``HubError``
+    whose ``status`` is the hub's (404: the file is not there); no answer at all is
+    ``HubUnreachableError``; a body over ``max_bytes`` is ``WireError``, found while
+    reading in chunks so an endless answer never fills memory.
+    """
+    parts = urllib.parse.urlsplit(url)
+    headers = {"accept": "*/*"}
+    if signer is not None:
+        headers.update(signer("GET", path, b""))
+    connection = http.client.HTTPSConnection(
+        parts.hostname or "", parts.port or 443, context=context, timeout=timeout
+    )
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        # An error's body is only read for its message, and never at length.
+        limit = max_bytes if response.status < 400 else 64 * 1024
+        while received <= limit:
+            chunk = response.read(min(64 * 1024, limit + 1 - received))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            received += len(chunk)
+    except (OSError, http.client.HTTPException) as err:
+        raise HubUnreachableError(url, str(err) or type(err).__name__) from err
+    finally:
+        connection.close()
+    data = b"".join(chunks)
+    if response.status >= 400:
+        try:
+            decoded = json.loads(data) if data else None
+        except ValueError:
+            decoded = None
+        message = decoded.get("error") if isinstance(decoded, dict) else None
+        raise HubError(message or f"the hub answered {response.status}", response.status)
+    if received > max_bytes:
+        raise WireError(f"the hub sent more than {max_bytes} bytes for {path}; refused")
+    return data
