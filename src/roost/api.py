@@ -18,6 +18,7 @@ from roost.fleet.models import Device
 from roost.pki import load_cert, signing
 
 if TYPE_CHECKING:
+    from roost.catalog.repository import Catalog
     from roost.db import Database
     from roost.fleet.ingest import Ingest
     from roost.fleet.models import CommandRow
@@ -33,6 +34,7 @@ class HubContext(Protocol):
     db: Database
     ca: CertificateAuthority
     ingest: Ingest
+    catalog: Catalog
     url: str
     host: str
 

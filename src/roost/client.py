@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import ssl
 import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -201,4 +202,27 @@ class RoostClient:
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/v1/hub/stats")
+        return result
+
+    # -- apps ----------------------------------------------------------------------------
+
+    def publish_app(self, bundle: Path, progress: Callable[[int], None] | None = None) -> Any:
+        """Upload a bundle (``roost app build`` makes one); streamed, never read whole."""
+
+        def chunks() -> Iterator[bytes]:
+            with bundle.open("rb") as file:
+                while chunk := file.read(1 << 20):
+                    if progress is not None:
+                        progress(len(chunk))
+                    yield chunk
+
+        headers = {"content-type": "application/gzip"}
+        return self._call("POST", "/v1/apps", timeout=600, content=chunks(), headers=headers)
+
+    def apps(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/v1/apps")
+        return result
+
+    def app(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/v1/apps/{name}")
         return result

@@ -352,6 +352,11 @@ def test_set_desired_merges_top_level_keys_and_bumps_the_version(
         {"heartbeat_interval": "5"},
         {"config": [1]},
         {"config": "eco"},
+        {"apps": []},
+        {"apps": {"Web": {"version": "1.0.0"}}},
+        {"apps": {"web": "1.0.0"}},
+        {"apps": {"web": {"version": ""}}},
+        {"apps": {"web": {"version": "1.0.0", "extra": 1}}},
     ],
 )
 def test_bad_desired_state_is_refused_and_changes_nothing(

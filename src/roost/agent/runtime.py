@@ -22,9 +22,12 @@ from gmqtt.mqtt.constants import MQTTv50
 
 from roost import __version__
 from roost.agent import facts
+from roost.agent.apps import AppReconciler, wanted_apps
 from roost.agent.commands import CommandTable, UnknownCommandError, logs_handler, ping
 from roost.agent.identity import Identity, IdentityStore
 from roost.agent.outbox import Outbox
+from roost.agent.supervisor import Supervisor
+from roost.agent.updates import HubFetch, hub_fetch
 from roost.errors import RoostError, WireError
 from roost.settings import AgentSettings
 from roost.wire import (
@@ -70,6 +73,8 @@ class Agent:
         self.commands.register("ping", ping)
         self.commands.register("reload-config", self._reload_config)
         self.commands.register("logs", logs_handler(self.data_dir / "agent.log"))
+        self.commands.register("app-logs", self._app_logs)
+        self.apps: AppReconciler | None = None
         self._client: Client | None = None
         self._tls = self._tls_context()
         self._failures = 0
@@ -93,19 +98,23 @@ class Agent:
     # -- life cycle ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until ``stop()``; returns after a clean disconnect."""
-        self._tasks = [
-            asyncio.create_task(self._connect_loop(), name="link"),
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-            asyncio.create_task(self._outbox_loop(), name="outbox"),
-            asyncio.create_task(self._renew_loop(), name="renew"),
-        ]
-        await self._stop.wait()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Run until ``stop()``; returns after a clean disconnect, with its apps stopped."""
+        async with Supervisor(on_change=lambda _name, _status: self._apps_changed()) as apps:
+            self.apps = AppReconciler(self.data_dir, self._catalog_fetch, apps, self._apps_changed)
+            self.apps.want(self.outbox.get("apps_wanted") or {})
+            self._tasks = [
+                asyncio.create_task(self._connect_loop(), name="link"),
+                asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                asyncio.create_task(self._outbox_loop(), name="outbox"),
+                asyncio.create_task(self._renew_loop(), name="renew"),
+                asyncio.create_task(self.apps.run(), name="apps"),
+            ]
+            await self._stop.wait()
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._client is not None:
             with contextlib.suppress(Exception):
                 # A clean disconnect: the broker drops the last will, so publish offline.
@@ -234,10 +243,38 @@ class Agent:
             state["heartbeat_interval"] = self.identity.heartbeat_interval
         self.state = state
         self.desired_version = desired.version
+        apps = wanted_apps(wanted)
         self.outbox.set("state", state)
         self.outbox.set("desired_version", desired.version)
+        self.outbox.set("apps_wanted", apps)
+        if self.apps is not None:
+            self.apps.want(apps)
         self._report()
         log.info("applied desired state version %s", desired.version)
+
+    def _apps_changed(self) -> None:
+        """An app started, stopped, turned unhealthy or was updated: report it."""
+        if self.apps is None:
+            return
+        report = self.apps.report()
+        if report != self.state.get("apps"):
+            self.state = {**self.state, "apps": report}
+            self.outbox.set("state", self.state)
+            self._report()
+
+    def _catalog_fetch(self) -> HubFetch:
+        """GETs of the tenant's signed catalog, signed with the current device key."""
+        from roost.agent import hubapi
+
+        signer = hubapi.device_signer(self.device_id, self.store.key_pem())
+        context = hubapi.verified_context(self.store.ca_path.read_text())
+        return hub_fetch(self.identity.hub_url, context, signer)
+
+    async def _app_logs(self, args: dict[str, Any]) -> Any:
+        if self.apps is None:
+            raise RoostError("apps are not running yet")
+        lines = int(args.get("lines", 100))
+        return {"lines": self.apps.supervisor.tail(str(args.get("app", "")), lines)}
 
     def _report(self) -> None:
         body = {"desired_version": self.desired_version, "state": self.state}

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from roost.cli.apps import apps_app
+from roost.cli.common import ConfigOpt, JsonOpt, connect, console, print_json
 from roost.errors import RoostError, ValidationError
 
 app = typer.Typer(
@@ -32,16 +34,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(twin_app, name="twin")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(events_app, name="events")
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        envvar="ROOST_CONFIG",
-        help="client config (default: the local hub's client.toml)",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+app.add_typer(apps_app, name="app")
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -67,22 +60,6 @@ def parse_pairs(pairs: list[str], allow_remove: bool = False) -> dict[str, Any]:
             raise ValidationError(f"{pair!r} is not key=value")
         out[key] = value
     return out
-
-
-def _client(config: Path | None) -> Any:
-    from roost.client import RoostClient
-
-    return RoostClient.from_config(config)
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console()
 
 
 # -- hub ---------------------------------------------------------------------------------
@@ -134,14 +111,14 @@ def token_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Print a join token: `roost agent join TOKEN` on a device enrolls it."""
-    with _client(config) as client:
+    with connect(config) as client:
         result = client.create_join_token(
             labels=parse_pairs(label or []),
             uses=None if unlimited else uses,
             ttl_s=int(parse_duration(ttl)),
         )
     if as_json:
-        _print_json(result)
+        print_json(result)
     else:
         print(result["token"])
 
@@ -206,21 +183,21 @@ def devices_ls(
     as_json: JsonOpt = False,
 ) -> None:
     """List devices."""
-    with _client(config) as client:
+    with connect(config) as client:
         devices = client.devices(selector)
     if as_json:
-        _print_json(devices)
+        print_json(devices)
     else:
-        _console().print(devices_table(devices))
+        console().print(devices_table(devices))
 
 
 @devices_app.command("show")
 def devices_show(device_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Everything about one device."""
-    with _client(config) as client:
+    with connect(config) as client:
         device = client.device(device_id)
     if as_json:
-        _print_json(device)
+        print_json(device)
         return
     from rich.table import Table
 
@@ -237,7 +214,7 @@ def devices_show(device_id: str, config: ConfigOpt = None, as_json: JsonOpt = Fa
     table.add_row(
         "twin", f"desired v{device['desired_version']}, reported v{device['reported_version']}"
     )
-    _console().print(table)
+    console().print(table)
 
 
 @devices_app.command("label")
@@ -247,7 +224,7 @@ def devices_label(
     config: ConfigOpt = None,
 ) -> None:
     """Set or remove labels; the device learns them through its desired state."""
-    with _client(config) as client:
+    with connect(config) as client:
         device = client.label(device_id, parse_pairs(labels, allow_remove=True))
     print(",".join(f"{k}={v}" for k, v in sorted(device["labels"].items())) or "(no labels)")
 
@@ -255,7 +232,7 @@ def devices_label(
 @devices_app.command("revoke")
 def devices_revoke(device_id: str, config: ConfigOpt = None) -> None:
     """Revoke a device: the broker and the API refuse it from now on."""
-    with _client(config) as client:
+    with connect(config) as client:
         client.revoke(device_id)
     print(f"revoked {device_id}")
 
@@ -266,8 +243,8 @@ def devices_revoke(device_id: str, config: ConfigOpt = None) -> None:
 @twin_app.command("show")
 def twin_show(device_id: str, config: ConfigOpt = None) -> None:
     """Desired and reported state (JSON)."""
-    with _client(config) as client:
-        _print_json(client.twin(device_id))
+    with connect(config) as client:
+        print_json(client.twin(device_id))
 
 
 def _json_or_text(value: str) -> Any:
@@ -290,8 +267,8 @@ def twin_set(
     patch = {
         k: (None if v is None else _json_or_text(v)) for k, v in parse_pairs(values, True).items()
     }
-    with _client(config) as client:
-        _print_json(client.set_desired(device_id, patch))
+    with connect(config) as client:
+        print_json(client.set_desired(device_id, patch))
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -307,7 +284,7 @@ def cmd(
 ) -> None:
     """Run a command on a device (ping, reload-config, logs) and print its answer."""
     args = {k: _json_or_text(v) for k, v in parse_pairs(arg or []).items()}
-    with _client(config) as client:
+    with connect(config) as client:
         result = client.command(device_id, name, args, timeout)
     if result["status"] != "ok":
         raise RoostError(f"{name} on {device_id}: {result['error']}")
@@ -315,7 +292,7 @@ def cmd(
     if name == "logs" and isinstance(value, dict):
         print("\n".join(value.get("lines", [])))
     else:
-        _print_json(value)
+        print_json(value)
 
 
 # -- tenants and events ------------------------------------------------------------------
@@ -324,17 +301,17 @@ def cmd(
 @tenant_app.command("create")
 def tenant_create(name: str, config: ConfigOpt = None) -> None:
     """Create a tenant and print its admin token (shown once)."""
-    with _client(config) as client:
+    with connect(config) as client:
         result = client.create_tenant(name)
     print(result["admin_token"])
 
 
 @tenant_app.command("ls")
 def tenant_ls(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    with _client(config) as client:
+    with connect(config) as client:
         tenants = client.tenants()
     if as_json:
-        _print_json(tenants)
+        print_json(tenants)
     else:
         for tenant in tenants:
             print(tenant["name"])
@@ -348,7 +325,7 @@ def events_ls(
     limit: int = 50,
 ) -> None:
     """The newest stored events, as JSON lines."""
-    with _client(config) as client:
+    with connect(config) as client:
         events = client.events(type=type, device=device, limit=1000)
     for event in events[-limit:]:
         print(json.dumps(event, default=str))

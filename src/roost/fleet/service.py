@@ -37,7 +37,7 @@ LABEL_KEY_MAX = 63
 LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 LABEL_VALUE_MAX = 128
 # Desired-state keys the agent itself acts on; the rest is config for apps.
-KNOWN_DESIRED = ("config", "heartbeat_interval")
+KNOWN_DESIRED = ("config", "heartbeat_interval", "apps")
 
 
 def new_device_id() -> str:
@@ -230,6 +230,7 @@ def set_desired(
         raise ValidationError("heartbeat_interval must be a number of seconds from 1 to 86400")
     if "config" in desired and not isinstance(desired["config"], dict):
         raise ValidationError("config must be an object")
+    _check_apps(desired.get("apps", {}))
     size = len(json.dumps(desired))
     if size > max_bytes:
         raise ValidationError(f"desired state of {size} bytes exceeds the {max_bytes}-byte limit")
@@ -237,6 +238,21 @@ def set_desired(
     device.heartbeat_s = None if interval is None else float(interval)
     device.desired_version += 1
     return device
+
+
+_APP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+def _check_apps(apps: Any) -> None:
+    """Desired apps: ``{name: {"version": "1.2.3"}}``."""
+    if not isinstance(apps, dict):
+        raise ValidationError('apps must be an object like {"web": {"version": "1.0.0"}}')
+    for name, entry in apps.items():
+        if not _APP_NAME.match(name):
+            raise ValidationError(f"apps: {name[:80]!r} is not an app name")
+        version = entry.get("version") if isinstance(entry, dict) else None
+        if not isinstance(version, str) or not version or set(entry) - {"version"}:
+            raise ValidationError(f'apps.{name} must be {{"version": "..."}}')
 
 
 def silent_devices(

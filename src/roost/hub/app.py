@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from roost import __version__
 from roost.access.routes import router as access_router
 from roost.api import HubDep, PrincipalDep
+from roost.catalog.routes import router as catalog_router
 from roost.errors import RoostError
 from roost.events.routes import router as events_router
 from roost.fleet.routes import router as fleet_router
@@ -43,7 +44,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.hub = hub
-    for router in (fleet_router, access_router, events_router):
+    for router in (fleet_router, access_router, events_router, catalog_router):
         app.include_router(router)
 
     @app.exception_handler(RoostError)

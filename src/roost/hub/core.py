@@ -19,6 +19,8 @@ from sqlalchemy import select, update
 
 from roost.access.service import ensure_default_tenant
 from roost.atomic import write_private
+from roost.catalog.models import AppRelease
+from roost.catalog.repository import Catalog
 from roost.db import Database, utcnow
 from roost.errors import BrokerError
 from roost.events.store import hub_event, insert_events
@@ -37,6 +39,8 @@ log = logging.getLogger("roost.hub")
 
 # Heartbeats (and nothing else) are written at most this often.
 HEARTBEAT_FLUSH_S = 1.0
+# How often the catalog's TUF metadata is checked for re-signing (its timestamp lives a day).
+CATALOG_REFRESH_S = 600.0
 
 
 def public_host(settings: HubSettings) -> str:
@@ -64,6 +68,7 @@ class Hub:
         self.ca = self.identity.ca
         self.db = Database(settings.database)
         self.ingest = Ingest(settings.max_payload_bytes, settings.max_twin_bytes)
+        self.catalog = Catalog(self.data_dir)
         self.broker: ManagedBroker | None = None
         self.link: HubLink | None = None
         self.first_token: str | None = None
@@ -88,7 +93,12 @@ class Hub:
         self.link = HubLink(mqtt_host, mqtt_port, tls, self._on_message)
         await self.link.start()
         self._link_up_since = time.monotonic()
-        for loop in (self._flush_loop(), self._presence_loop(), self._command_expiry_loop()):
+        for loop in (
+            self._flush_loop(),
+            self._presence_loop(),
+            self._command_expiry_loop(),
+            self._catalog_loop(),
+        ):
             self._spawn(loop)
         log.info("hub ready at %s (mqtt %s:%s)", self.url, mqtt_host, mqtt_port)
 
@@ -302,6 +312,25 @@ class Hub:
             return None
         finally:
             self._waiters.pop(row.id, None)
+
+    # -- the catalog ---------------------------------------------------------------------
+
+    async def _catalog_loop(self) -> None:
+        """Re-sign catalog metadata before it expires, so devices never see it stale."""
+        while True:
+            try:
+                await asyncio.to_thread(self._refresh_catalogs)
+            except Exception:
+                log.exception("refreshing the catalog's signatures failed")
+            await asyncio.sleep(CATALOG_REFRESH_S)
+
+    def _refresh_catalogs(self) -> None:
+        with self.db.session() as session:
+            tenants = set(session.scalars(select(AppRelease.tenant_id).distinct()))
+        for tenant_id in sorted(tenants):
+            self.catalog.tenant(tenant_id)  # opened, so that refresh covers it
+        for tenant_id in self.catalog.refresh(utcnow()):
+            log.info("re-signed the catalog metadata of tenant %s", tenant_id)
 
     # -- revocation ----------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 import roost.access.models
+import roost.catalog.models
 import roost.events.models
 import roost.fleet.models  # noqa: F401  (registers the tables on Base.metadata)
 from roost.db import Base

@@ -1,0 +1,109 @@
+"""``roost app ...``: build bundles, publish them to the catalog, and look at it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from roost.cli.common import ConfigOpt, JsonOpt, connect, console, print_json
+
+apps_app = typer.Typer(help="Apps: bundles and the fleet's catalog.", no_args_is_help=True)
+
+
+@apps_app.command("build")
+def build(
+    source: Annotated[Path, typer.Argument(help="the app's folder, with its roost.toml")],
+    out: Annotated[Path, typer.Option(help="where the bundle goes")] = Path(),
+) -> None:
+    """Check an app's manifest and pack the folder into a bundle."""
+    from roost.apps.bundle import build_bundle
+
+    built = build_bundle(source, out)
+    print(f"built {built.path} ({_size(built.size)}, sha256 {built.sha256[:16]}…)")
+
+
+@apps_app.command("publish")
+def publish(
+    bundle: Annotated[Path, typer.Argument(help="a bundle made by `roost app build`")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload a bundle: the hub checks it again, stores it and signs it into the catalog."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from roost.errors import ValidationError
+
+    if not bundle.is_file():
+        raise ValidationError(f"no bundle at {bundle}")
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with (
+        connect(config) as client,
+        Progress(*columns, transient=True, disable=as_json) as progress,
+    ):
+        task = progress.add_task("upload", total=bundle.stat().st_size)
+        release = client.publish_app(bundle, lambda n: progress.advance(task, n))
+    if as_json:
+        print_json(release)
+        return
+    what = "published" if release["new"] else "already published (same content)"
+    print(f"{release['name']}@{release['version']} {what}, sha256 {release['sha256'][:16]}…")
+
+
+@apps_app.command("ls")
+def ls(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """The apps in the catalog, with their newest versions."""
+    with connect(config) as client:
+        apps = client.apps()
+    if as_json:
+        print_json(apps)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{len(apps)} app(s)")
+    for column in ("NAME", "LATEST", "VERSIONS", "KIND", "DESCRIPTION"):
+        table.add_column(column)
+    for app in apps:
+        table.add_row(
+            app["name"], app["latest"], str(app["versions"]), app["kind"], app["description"]
+        )
+    console().print(table)
+
+
+@apps_app.command("show")
+def show(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """One app: its versions, who published them, and which devices run it."""
+    with connect(config) as client:
+        app = client.app(name)
+    if as_json:
+        print_json(app)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{name}: versions")
+    for column in ("VERSION", "SIZE", "PUBLISHED", "BY", "SHA256"):
+        table.add_column(column)
+    for release in app["releases"]:
+        table.add_row(
+            release["version"],
+            _size(release["size"]),
+            release["published_at"][:19],
+            release["published_by"],
+            release["sha256"][:16],
+        )
+    console().print(table)
+    devices: dict[str, Any] = app["devices"]
+    if not devices:
+        print("no device runs it")
+    for device_id, state in sorted(devices.items()):
+        print(f"{device_id}: {state.get('version', '?')} {state.get('state', '')}".rstrip())
+
+
+def _size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
