@@ -8,7 +8,7 @@ update that verification refuses (tampered, rolled back, expired, unknown key) l
 the running version alone and is reported with the reason. What every app is doing —
 version, state, isolation, restarts, last error — goes into the reported state.
 
-``wanted_apps`` and ``run_spec`` are pure; the reconciler is the shell around them.
+``run_spec`` is pure; the reconciler is the shell around it.
 """
 
 from __future__ import annotations
@@ -26,27 +26,14 @@ from roost.agent.updates import HubFetch, SignedUpdates
 from roost.apps.bundle import BundleLimits
 from roost.apps.installs import AppInstalls
 from roost.apps.manifest import Manifest
-from roost.apps.targets import target_path
 from roost.errors import RoostError, UpdateRefusedError
+from roost.wire.apps import target_path
 
 log = logging.getLogger("roost.agent.apps")
 
 # Look at the catalog again this often even when nothing changed (a timestamp that was
 # refused because it expired is fine again once the hub re-signed it).
 RECHECK_S = 300.0
-
-
-def wanted_apps(desired: Mapping[str, Any]) -> dict[str, str]:
-    """``{name: version}`` from a desired state's ``apps``; malformed entries are skipped."""
-    apps = desired.get("apps")
-    if not isinstance(apps, Mapping):
-        return {}
-    wanted = {}
-    for name, entry in apps.items():
-        version = entry.get("version") if isinstance(entry, Mapping) else None
-        if isinstance(name, str) and isinstance(version, str) and version:
-            wanted[name] = version
-    return wanted
 
 
 def run_spec(manifest: Manifest, app_dir: Path, data_dir: Path, log_dir: Path) -> RunSpec:

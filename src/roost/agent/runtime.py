@@ -15,19 +15,16 @@ import random
 import ssl
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gmqtt import Client, Message
 from gmqtt.mqtt.constants import MQTTv50
 
 from roost import __version__
 from roost.agent import facts
-from roost.agent.apps import AppReconciler, wanted_apps
 from roost.agent.commands import CommandTable, UnknownCommandError, logs_handler, ping
 from roost.agent.identity import Identity, IdentityStore
 from roost.agent.outbox import Outbox
-from roost.agent.supervisor import Supervisor
-from roost.agent.updates import HubFetch, hub_fetch
 from roost.errors import RoostError, WireError
 from roost.settings import AgentSettings
 from roost.wire import (
@@ -42,7 +39,12 @@ from roost.wire import (
     Status,
     topics,
 )
+from roost.wire.apps import wanted_apps
 from roost.wire.topics import Down, Up
+
+if TYPE_CHECKING:
+    from roost.agent.apps import AppReconciler
+    from roost.agent.updates import HubFetch
 
 log = logging.getLogger("roost.agent")
 
@@ -99,22 +101,19 @@ class Agent:
 
     async def run(self) -> None:
         """Run until ``stop()``; returns after a clean disconnect, with its apps stopped."""
-        async with Supervisor(on_change=lambda _name, _status: self._apps_changed()) as apps:
-            self.apps = AppReconciler(self.data_dir, self._catalog_fetch, apps, self._apps_changed)
-            self.apps.want(self.outbox.get("apps_wanted") or {})
-            self._tasks = [
-                asyncio.create_task(self._connect_loop(), name="link"),
-                asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-                asyncio.create_task(self._outbox_loop(), name="outbox"),
-                asyncio.create_task(self._renew_loop(), name="renew"),
-                asyncio.create_task(self.apps.run(), name="apps"),
-            ]
-            await self._stop.wait()
-            for task in self._tasks:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        self._tasks = [
+            asyncio.create_task(self._connect_loop(), name="link"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._outbox_loop(), name="outbox"),
+            asyncio.create_task(self._renew_loop(), name="renew"),
+        ]
+        self._want_apps(self.outbox.get("apps_wanted") or {})
+        await self._stop.wait()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._client is not None:
             with contextlib.suppress(Exception):
                 # A clean disconnect: the broker drops the last will, so publish offline.
@@ -247,10 +246,26 @@ class Agent:
         self.outbox.set("state", state)
         self.outbox.set("desired_version", desired.version)
         self.outbox.set("apps_wanted", apps)
-        if self.apps is not None:
-            self.apps.want(apps)
+        self._want_apps(apps)
         self._report()
         log.info("applied desired state version %s", desired.version)
+
+    def _want_apps(self, apps: dict[str, str]) -> None:
+        """Hand the wanted apps to the reconciler, starting it (and the supervisor) the
+        first time a device has apps: one without apps never loads that machinery."""
+        if self.apps is not None:
+            self.apps.want(apps)
+        elif apps or any((self.data_dir / "apps").glob("*/current")):
+            self._tasks.append(asyncio.create_task(self._run_apps(apps), name="apps"))
+
+    async def _run_apps(self, apps: dict[str, str]) -> None:
+        from roost.agent.apps import AppReconciler
+        from roost.agent.supervisor import Supervisor
+
+        async with Supervisor(on_change=lambda _name, _status: self._apps_changed()) as sup:
+            self.apps = AppReconciler(self.data_dir, self._catalog_fetch, sup, self._apps_changed)
+            self.apps.want(apps)
+            await self.apps.run()
 
     def _apps_changed(self) -> None:
         """An app started, stopped, turned unhealthy or was updated: report it."""
@@ -265,6 +280,7 @@ class Agent:
     def _catalog_fetch(self) -> HubFetch:
         """GETs of the tenant's signed catalog, signed with the current device key."""
         from roost.agent import hubapi
+        from roost.agent.updates import hub_fetch
 
         signer = hubapi.device_signer(self.device_id, self.store.key_pem())
         context = hubapi.verified_context(self.store.ca_path.read_text())

@@ -18,11 +18,11 @@ from sqlalchemy.orm import Session
 from roost.access import Principal
 from roost.apps.bundle import BundleLimits, inspect_bundle
 from roost.apps.manifest import SemVer
-from roost.apps.targets import target_path
 from roost.catalog.models import AppRelease
 from roost.catalog.repository import Catalog
 from roost.errors import ConflictError, NotFoundError
 from roost.fleet.models import Device
+from roost.wire.apps import target_path
 
 
 def publish(
