@@ -245,8 +245,7 @@ def _working_bwrap() -> str | None:
     # Being installed is not enough: user namespaces may be off, or setuid missing.
     argv = [path, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", _TMP]
     argv += ["--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session"]
-    # /bin/sh, not this Python: an agent installed under /tmp would be hidden by the tmpfs.
-    argv += ["--", "/bin/sh", "-c", ":"]
+    argv += ["--", sys.executable, "-I", "-S", "-c", ""]
     try:
         done = subprocess.run(argv, capture_output=True, timeout=_PROBE_TIMEOUT_S, check=False)
     except (OSError, subprocess.SubprocessError):
