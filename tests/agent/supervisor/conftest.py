@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -19,6 +20,10 @@ from roost.agent.supervisor import (
     detect_isolation,
 )
 
+# The interpreter itself, not a venv's link to it: a sandbox's private /tmp hides a venv
+# that lives under /tmp (a CI clone there), never the interpreter it was made from.
+PYTHON = os.path.realpath(sys.executable)
+
 QUICK = SupervisorSettings(
     stop_timeout_s=2.0,
     limits=PolicyLimits(
@@ -34,7 +39,7 @@ def py_spec(tmp_path: Path, name: str, code: str, **kw: object) -> RunSpec:
     args: dict[str, object] = {
         "name": name,
         "version": "1",
-        "command": (sys.executable, "-c", code),
+        "command": (PYTHON, "-c", code),
         "app_dir": app_dir,
         "log_dir": tmp_path / "logs",
         "restart": RestartPolicy("always", 0.2),

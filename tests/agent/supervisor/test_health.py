@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from roost.agent.supervisor import AppState, Capabilities, HealthCheck, Supervisor
 from roost.agent.supervisor.health import HealthTracker
 
-from .conftest import QUICK, free_port, py_spec, until
+from .conftest import PYTHON, QUICK, free_port, py_spec, until
 
 CHECK = HealthCheck(kind="tcp", port=1, grace_s=5.0, retries=2)
 
@@ -70,7 +69,7 @@ async def test_check_turns_unhealthy_and_back(tmp_path: Path, kind: str) -> None
         port=port,
         path="/health",
         command=(
-            sys.executable,
+            PYTHON,
             "-c",
             f"import os, sys; sys.exit(os.path.exists({str(sick)!r}))",
         ),

@@ -245,7 +245,8 @@ def _working_bwrap() -> str | None:
     # Being installed is not enough: user namespaces may be off, or setuid missing.
     argv = [path, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", _TMP]
     argv += ["--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session"]
-    argv += ["--", sys.executable, "-I", "-S", "-c", ""]
+    # The interpreter itself: a venv under /tmp would be hidden by the sandbox's own /tmp.
+    argv += ["--", os.path.realpath(sys.executable), "-I", "-S", "-c", ""]
     try:
         done = subprocess.run(argv, capture_output=True, timeout=_PROBE_TIMEOUT_S, check=False)
     except (OSError, subprocess.SubprocessError):
