@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -31,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from roost.sim.bench import ROOST, LocalHub, machine_info, stop_process
+from roost.sim.bench import ROOST, LocalHub, run_bench, stop_process
 
 AIM_RSS_MIB = 30.0
 AIM_ONLINE_S = 1.0
@@ -219,22 +217,9 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 def main() -> int:
     args = parse_args()
-    root = Path(tempfile.mkdtemp(prefix="roost-bench-agent-"))
-    result: dict[str, Any] = {}
-    try:
-        result = run(args, root)
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except (RuntimeError, subprocess.SubprocessError) as err:
-        result = {"bench": "agent", "error": str(err), "logs": str(root)}
-        args.keep = True
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-    result["machine"] = machine_info()
-    print(json.dumps(result, indent=2))
-    return 0 if "error" not in result else 1
+    return run_bench(
+        "agent", args.keep, lambda root: run(args, root), (RuntimeError, subprocess.SubprocessError)
+    )
 
 
 if __name__ == "__main__":

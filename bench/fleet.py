@@ -19,17 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from roost.sim.bench import ROOST, LocalHub, Meter, machine_info, spawn, stop_process
+from roost.sim.bench import ROOST, LocalHub, Meter, run_bench, spawn, stop_process
 
 
 def parse_args() -> argparse.Namespace:
@@ -172,22 +170,7 @@ def measure(hub: LocalHub, sim: Any, status_path: Path, args: argparse.Namespace
 
 def main() -> int:
     args = parse_args()
-    root = Path(tempfile.mkdtemp(prefix="roost-bench-fleet-"))
-    result: dict[str, Any] = {}
-    try:
-        result = run(args, root)
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except (RuntimeError, TimeoutError) as err:
-        result = {"bench": "fleet", "error": str(err), "logs": str(root)}
-        args.keep = True
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-    result["machine"] = machine_info()
-    print(json.dumps(result, indent=2))
-    return 0 if "error" not in result else 1
+    return run_bench("fleet", args.keep, lambda root: run(args, root), (RuntimeError, TimeoutError))
 
 
 if __name__ == "__main__":

@@ -23,3 +23,12 @@ def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
 def write_private(path: Path, data: str | bytes) -> None:
     """Like ``write_atomic``, readable by the owner only (private keys, tokens)."""
     write_atomic(path, data, mode=0o600)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` (a rename, a new file) survive a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

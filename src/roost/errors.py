@@ -77,15 +77,15 @@ class TokenError(RoostError):
 
 
 class TokenInvalidError(TokenError):
-    pass
+    """Unknown, malformed, or the wrong secret."""
 
 
 class TokenExpiredError(TokenError):
-    pass
+    """Past its time to live."""
 
 
 class TokenUsedUpError(TokenError):
-    pass
+    """Every use it had is taken."""
 
 
 class AuthError(RoostError):
@@ -149,7 +149,7 @@ class UpdateError(RoostError):
 
 
 class UpdateRefusedError(UpdateError):
-    pass
+    """Verification refused what the hub served: tampered, rolled back, expired, unknown key."""
 
 
 class AppError(RoostError):

@@ -19,7 +19,7 @@ LOG_LINES_MAX = 1000
 
 
 class UnknownCommandError(Exception):
-    pass
+    """A command this agent does not know; answered with an error reply."""
 
 
 def tail(path: Path, lines: int) -> list[str]:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO, Final, Literal, Protocol
 
 from roost.apps.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest
+from roost.atomic import fsync_dir
 from roost.errors import BundleError
 
 MiB: Final = 1024 * 1024
@@ -343,14 +344,14 @@ class _Sink:
     """Where members go; this one drops them (inspection)."""
 
     def directory(self, member: _Member) -> None:
-        pass
+        """Nothing to make: inspection only checks."""
 
     def link(self, member: _Member) -> None:
-        pass
+        """Nothing to make: inspection only checks."""
 
     def file(self, member: _Member, chunks: Iterator[bytes]) -> None:
-        for _ in chunks:
-            pass
+        # Read to the end all the same: the data is counted against the limits.
+        deque(chunks, maxlen=0)
 
 
 def inspect_bundle(path: Path, limits: BundleLimits | None = None) -> Manifest:
@@ -463,7 +464,7 @@ class _Unpacker(_Sink):
 
     def sync(self) -> None:
         for path in self.dirs:
-            _fsync_dir(path)
+            fsync_dir(path)
 
 
 def unpack_bundle(path: Path, dest: Path, limits: BundleLimits | None = None) -> Manifest:
@@ -481,18 +482,10 @@ def unpack_bundle(path: Path, dest: Path, limits: BundleLimits | None = None) ->
         manifest = _read(path, limits or BundleLimits(), unpacker)
         unpacker.sync()
         tmp.rename(dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except OSError as err:
         raise BundleError(f"{path.name}: cannot unpack into {dest}: {err}") from err
     finally:
         if os.path.lexists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     return manifest
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -29,6 +29,7 @@ no processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -39,6 +40,7 @@ from typing import Final
 
 from roost.apps.bundle import BundleLimits, inspect_bundle, unpack_bundle
 from roost.apps.manifest import APP_NAME_RE, Manifest, SemVer
+from roost.atomic import fsync_dir
 from roost.errors import BundleError, NotFoundError, RoostError, ValidationError
 
 MARKER: Final = ".roost-complete"
@@ -107,10 +109,8 @@ class AppInstalls:
     def install(self, bundle: Path, limits: BundleLimits | None = None) -> InstalledVersion:
         """Unpack ``bundle`` as a complete version; a no-op if it is installed already."""
         manifest = inspect_bundle(bundle, limits)
-        try:
+        with contextlib.suppress(NotFoundError):
             return self.installed(manifest.name, manifest.version)
-        except NotFoundError:
-            pass
         incoming = self.root / _INCOMING
         incoming.mkdir(exist_ok=True)
         staging = incoming / secrets.token_hex(8)
@@ -119,7 +119,7 @@ class AppInstalls:
             if os.path.lexists(staging / MARKER):
                 raise BundleError(f"{bundle.name}: member {MARKER!r}: the name is reserved")
             _write_synced(staging / MARKER, json.dumps(manifest.to_dict(), sort_keys=True))
-            _fsync_dir(staging)
+            fsync_dir(staging)
             versions = self._versions_dir(manifest.name)
             versions.mkdir(parents=True, exist_ok=True)
             if manifest.kind == "app" and manifest.data.persistent:
@@ -128,7 +128,7 @@ class AppInstalls:
             if os.path.lexists(dest):  # debris: a complete one was returned above
                 _drop_version(dest)
             staging.rename(dest)
-            _fsync_dir(versions)
+            fsync_dir(versions)
         except OSError as err:
             raise BundleError(f"{bundle.name}: cannot install: {err}") from err
         finally:
@@ -222,7 +222,7 @@ class AppInstalls:
         tmp = app_dir / f".{link}.{secrets.token_hex(4)}.tmp"
         os.symlink(f"{_VERSIONS}/{version}", tmp)
         os.replace(tmp, app_dir / link)
-        _fsync_dir(app_dir)
+        fsync_dir(app_dir)
 
     def _recover(self) -> None:
         """Remove what a crash left: staging dirs, temporary links, unmarked versions."""
@@ -260,7 +260,7 @@ def _drop_version(path: Path) -> None:
     marker = path / MARKER
     if marker.is_file():
         marker.unlink()
-        _fsync_dir(path)
+        fsync_dir(path)
     _remove_path(path)
 
 
@@ -276,11 +276,3 @@ def _write_synced(path: Path, text: str) -> None:
         file.write(text)
         file.flush()
         os.fsync(file.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

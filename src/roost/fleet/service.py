@@ -19,6 +19,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from roost.access import Principal
+from roost.apps.manifest import APP_NAME_RE
 from roost.errors import (
     NotFoundError,
     TokenExpiredError,
@@ -240,15 +241,12 @@ def set_desired(
     return device
 
 
-_APP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-
-
 def _check_apps(apps: Any) -> None:
     """Desired apps: ``{name: {"version": "1.2.3"}}``."""
     if not isinstance(apps, dict):
         raise ValidationError('apps must be an object like {"web": {"version": "1.0.0"}}')
     for name, entry in apps.items():
-        if not _APP_NAME.match(name):
+        if not APP_NAME_RE.fullmatch(name):
             raise ValidationError(f"apps: {name[:80]!r} is not an app name")
         version = entry.get("version") if isinstance(entry, dict) else None
         if not isinstance(version, str) or not version or set(entry) - {"version"}:

@@ -9,16 +9,19 @@ time and RSS through psutil, so a figure covers exactly a measured window.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import resource
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -195,12 +198,10 @@ class LocalHub:
             if self.proc.poll() is not None:
                 raise HubError(f"the hub exited early; see {self.log_path}", 500)
             if self.client_config.exists() and ca.exists():
-                try:
+                with contextlib.suppress(httpx.TransportError):
                     context = ssl.create_default_context(cafile=str(ca))
                     if httpx.get(f"{self.url}/healthz", verify=context).status_code == 200:
                         return
-                except httpx.TransportError:
-                    pass
             time.sleep(0.2)
         raise HubError(f"the hub did not answer within {timeout:g}s; see {self.log_path}", 504)
 
@@ -227,3 +228,32 @@ class LocalHub:
         if self.proc is not None:
             # The hub stops its broker on the way out (and the broker dies with the hub).
             stop_process(self.proc, signal.SIGTERM, timeout=30)
+
+
+def run_bench(
+    name: str,
+    keep: bool,
+    measure: Callable[[Path], dict[str, Any]],
+    failures: tuple[type[BaseException], ...],
+) -> int:
+    """Run ``measure`` in a fresh temporary directory and print its JSON figures.
+
+    The directory goes afterwards, unless ``keep`` or the run failed (its logs are the
+    answer then). Ctrl-C is exit code 130; a failure prints its error as the JSON.
+    """
+    root = Path(tempfile.mkdtemp(prefix=f"roost-bench-{name}-"))
+    result: dict[str, Any] = {}
+    try:
+        result = measure(root)
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    except failures as err:
+        result = {"bench": name, "error": str(err), "logs": str(root)}
+        keep = True
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+    result["machine"] = machine_info()
+    print(json.dumps(result, indent=2))
+    return 0 if "error" not in result else 1

@@ -103,16 +103,15 @@ class SimRun:
             fleet: Fleet | None = None
             tasks: list[asyncio.Task[None]] = []
             try:
-                ids = ids + await self._enroll(progress, token, ca_pem, self.devices - len(ids))
-                fleet = Fleet(self.cache, ids, self.heartbeat, self.figures)
-                tasks = [
-                    asyncio.create_task(fleet.heartbeats()),
-                    asyncio.create_task(fleet.resend()),
-                ]
-                await self._connect(progress, fleet)
-                await self._run(progress)
-            except _Stopped:
-                pass
+                with contextlib.suppress(_Stopped):  # a signal asked for a clean stop
+                    ids = ids + await self._enroll(progress, token, ca_pem, self.devices - len(ids))
+                    fleet = Fleet(self.cache, ids, self.heartbeat, self.figures)
+                    tasks = [
+                        asyncio.create_task(fleet.heartbeats()),
+                        asyncio.create_task(fleet.resend()),
+                    ]
+                    await self._connect(progress, fleet)
+                    await self._run(progress)
             finally:
                 self.status.write("stopping")
                 # Heartbeats go on while devices take their leave: a device still

@@ -12,6 +12,7 @@ each is a few kilobytes at most, and an executor hop per chunk would cost more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections import deque
 from pathlib import Path
@@ -48,7 +49,7 @@ class RotatingLog:
     def write(self, data: bytes) -> None:
         """Append ``data``; rotate first when it would not fit. Disk errors are dropped:
         an app must not die because its log could not be written."""
-        try:
+        with contextlib.suppress(OSError):
             while data:
                 room = self.max_bytes - self._size
                 if room <= 0 or (self._size and len(data) > room and b"\n" not in data[:room]):
@@ -60,8 +61,6 @@ class RotatingLog:
                 self._size += cut
                 data = data[cut:]
             self._file.flush()
-        except OSError:
-            pass
 
     def _rotate(self) -> None:
         self._file.close()
