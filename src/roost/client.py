@@ -226,3 +226,43 @@ class RoostClient:
     def app(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/v1/apps/{name}")
         return result
+
+    # -- deployments and rollouts --------------------------------------------------------
+
+    def deploy(self, app: str, version: str, selector: str, **settings: Any) -> dict[str, Any]:
+        """Roll ``app@version`` out to ``selector``'s devices; settings as in RolloutSpec
+        (``waves``, ``soak_s``, ``deadline_s``, ``failure_threshold``,
+        ``canary_failure_threshold``, ``windows``). Returns the new rollout."""
+        body = {"app": app, "version": version, "selector": selector, **settings}
+        result: dict[str, Any] = self._call("POST", "/v1/deployments", json=body)
+        return result
+
+    def deployments(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/v1/deployments")
+        return result
+
+    def undeploy(self, deployment_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", f"/v1/deployments/{deployment_id}")
+        return result
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/v1/rollouts")
+        return result
+
+    def rollout(self, rollout_id: str, devices: bool = False) -> dict[str, Any]:
+        params = {"devices": "true"} if devices else None
+        result: dict[str, Any] = self._call("GET", f"/v1/rollouts/{rollout_id}", params=params)
+        return result
+
+    def pause_rollout(self, rollout_id: str) -> dict[str, Any]:
+        return self._rollout_action(rollout_id, "pause")
+
+    def resume_rollout(self, rollout_id: str) -> dict[str, Any]:
+        return self._rollout_action(rollout_id, "resume")
+
+    def abort_rollout(self, rollout_id: str) -> dict[str, Any]:
+        return self._rollout_action(rollout_id, "abort")
+
+    def _rollout_action(self, rollout_id: str, action: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/v1/rollouts/{rollout_id}/{action}")
+        return result

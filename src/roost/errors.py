@@ -31,7 +31,8 @@ prints ``str(error)`` as one line and exits non-zero, the API maps ``status`` to
     ├── UpdateError              fetching signed metadata or targets failed on a device
     │   └── UpdateRefusedError   verification refused them: tampered, rolled back,
     │                            expired, signed by an unknown key
-    └── AppError                 an app could not be started or supervised on a device
+    ├── AppError                 an app could not be started or supervised on a device
+    └── RolloutError             a rollout halted or was aborted (``roost deploy --wait``)
 """
 
 from __future__ import annotations
@@ -154,3 +155,7 @@ class UpdateRefusedError(UpdateError):
 
 class AppError(RoostError):
     status = 500
+
+
+class RolloutError(RoostError):
+    status = 409

@@ -4,10 +4,13 @@ and printing."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from roost.errors import ValidationError
 
 ConfigOpt = Annotated[
     Path | None,
@@ -18,6 +21,17 @@ ConfigOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30s``, ``15m``, ``1h``, ``7d`` -> seconds."""
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        raise ValidationError(f"{text!r} is not a duration (like 30s, 15m, 1h, 7d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def connect(config: Path | None) -> Any:

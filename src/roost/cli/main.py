@@ -7,7 +7,6 @@ before typer loads, to keep the agent's footprint small (see ``roost/agent/cli.p
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from roost.cli.apps import apps_app
-from roost.cli.common import ConfigOpt, JsonOpt, connect, console, print_json
+from roost.cli.common import ConfigOpt, JsonOpt, connect, console, parse_duration, print_json
+from roost.cli.rollouts import deploy, rollout_app, undeploy
 from roost.errors import RoostError, ValidationError
 
 app = typer.Typer(
@@ -35,17 +35,9 @@ app.add_typer(twin_app, name="twin")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(events_app, name="events")
 app.add_typer(apps_app, name="app")
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``30s``, ``15m``, ``1h``, ``7d`` -> seconds."""
-    match = _DURATION.match(text.strip().lower())
-    if not match:
-        raise ValidationError(f"{text!r} is not a duration (like 30s, 15m, 1h, 7d)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+app.add_typer(rollout_app, name="rollout")
+app.command("deploy")(deploy)
+app.command("undeploy")(undeploy)
 
 
 def parse_pairs(pairs: list[str], allow_remove: bool = False) -> dict[str, Any]:

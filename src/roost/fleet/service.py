@@ -242,15 +242,20 @@ def set_desired(
 
 
 def _check_apps(apps: Any) -> None:
-    """Desired apps: ``{name: {"version": "1.2.3"}}``."""
+    """Desired apps: ``{name: {"version": "1.2.3"}}``, with ``"apply": false`` to stage it."""
     if not isinstance(apps, dict):
         raise ValidationError('apps must be an object like {"web": {"version": "1.0.0"}}')
     for name, entry in apps.items():
         if not APP_NAME_RE.fullmatch(name):
             raise ValidationError(f"apps: {name[:80]!r} is not an app name")
         version = entry.get("version") if isinstance(entry, dict) else None
-        if not isinstance(version, str) or not version or set(entry) - {"version"}:
-            raise ValidationError(f'apps.{name} must be {{"version": "..."}}')
+        if (
+            not isinstance(version, str)
+            or not version
+            or set(entry) - {"version", "apply"}
+            or not isinstance(entry.get("apply", True), bool)
+        ):
+            raise ValidationError(f'apps.{name} must be {{"version": "...", "apply": true|false}}')
 
 
 def silent_devices(

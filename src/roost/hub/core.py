@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm.exc import StaleDataError
 
 from roost.access.service import ensure_default_tenant
 from roost.atomic import write_private
@@ -31,6 +32,7 @@ from roost.hub import identity as hub_identity
 from roost.hub.broker import ManagedBroker
 from roost.hub.database import migrate
 from roost.hub.link import HubLink, client_tls
+from roost.rollouts import service as rollouts
 from roost.settings import HubSettings
 from roost.wire import Ack, Command, Desired, Reply, topics
 from roost.wire.topics import Down
@@ -41,6 +43,10 @@ log = logging.getLogger("roost.hub")
 HEARTBEAT_FLUSH_S = 1.0
 # How often the catalog's TUF metadata is checked for re-signing (its timestamp lives a day).
 CATALOG_REFRESH_S = 600.0
+# Running rollouts are stepped this often; finished ones (which only admit devices that
+# join their selector later) every ROLLOUT_IDLE_STEPS steps.
+ROLLOUT_STEP_S = 1.0
+ROLLOUT_IDLE_STEPS = 10
 
 
 def public_host(settings: HubSettings) -> str:
@@ -98,6 +104,7 @@ class Hub:
             self._presence_loop(),
             self._command_expiry_loop(),
             self._catalog_loop(),
+            self._rollout_loop(),
         ):
             self._spawn(loop)
         log.info("hub ready at %s (mqtt %s:%s)", self.url, mqtt_host, mqtt_port)
@@ -331,6 +338,30 @@ class Hub:
             self.catalog.tenant(tenant_id)  # opened, so that refresh covers it
         for tenant_id in self.catalog.refresh(utcnow()):
             log.info("re-signed the catalog metadata of tenant %s", tenant_id)
+
+    # -- rollouts ------------------------------------------------------------------------
+
+    async def _rollout_loop(self) -> None:
+        """Step the rollouts: waves start, pass or halt, devices catch up or roll back."""
+        beat = 0
+        while True:
+            await asyncio.sleep(ROLLOUT_STEP_S)
+            statuses = rollouts.LIVE if beat % ROLLOUT_IDLE_STEPS == 0 else ("waiting", "running")
+            beat += 1
+            try:
+                changes = await asyncio.to_thread(self._step_rollouts, statuses)
+            except StaleDataError:
+                log.info("another hub stepped a rollout at the same time; stepping again")
+                continue
+            except Exception:
+                log.exception("stepping rollouts failed")
+                continue
+            for device_id, desired in changes:
+                self.publish_desired(device_id, desired)
+
+    def _step_rollouts(self, statuses: tuple[str, ...]) -> list[tuple[str, Desired]]:
+        with self.db.session() as session:
+            return rollouts.step_rollouts(session, utcnow(), statuses)
 
     # -- revocation ----------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ from alembic import context
 import roost.access.models
 import roost.catalog.models
 import roost.events.models
-import roost.fleet.models  # noqa: F401  (registers the tables on Base.metadata)
+import roost.fleet.models
+import roost.rollouts.models  # noqa: F401  (registers the tables on Base.metadata)
 from roost.db import Base
 
 connection = context.config.attributes["connection"]
