@@ -6,6 +6,10 @@ keeps unacknowledged messages in a small in-memory outbox. It takes events (a ne
 connection, a message from the hub, the time) and returns what to publish; the driver
 in ``roost.sim.fleet`` owns the MQTT client and the clock. No sockets, no clock of its
 own, no randomness it was not given.
+
+Apps in the desired state are decided by ``roost.sim.apps``: the device says which
+releases to fetch (``app_fetches``); the driver fetches and verifies them and hands the
+outcomes back (``apps_fetched``), which the device reports.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from typing import Any
 
 from roost import __version__
 from roost.errors import WireError
+from roost.sim.apps import Fetch, Outcome, SimApps
 from roost.wire import Ack, Birth, Command, Desired, Heartbeat, Reply, Reported, Status, topics
+from roost.wire.apps import wanted_apps
 from roost.wire.topics import Down, Up
 
 MAX_DOWN_BYTES = 1024 * 1024
@@ -66,6 +72,11 @@ class MemoryOutbox:
         while len(self._pending) >= self.max_messages:
             del self._pending[min(self._pending)]
         self._pending[seq] = _Pending(kind, payload, now)
+
+    def drop(self, kind: Up) -> None:
+        """Forget unacknowledged messages of ``kind`` (a newer one replaces them)."""
+        for seq in [s for s, item in self._pending.items() if item.kind == kind]:
+            del self._pending[seq]
 
     def ack(self, seqs: list[int]) -> None:
         for seq in seqs:
@@ -140,6 +151,7 @@ class VirtualDevice:
         self.outbox = MemoryOutbox()
         self.metrics = SimulatedMetrics(rng, now - rng.uniform(60, 30 * 86400))
         self.commands_answered = 0
+        self.apps = SimApps()
         self._hb_topic = topics.up(device_id, Up.HEARTBEAT)
         self.down_filter = topics.device_down_filter(device_id)
 
@@ -233,9 +245,30 @@ class VirtualDevice:
             else self.default_interval,
         }
         self.desired_version = desired.version
+        self.apps.want(wanted_apps(wanted), now)
+        return [self._report(now)]
+
+    # -- apps ----------------------------------------------------------------------------
+
+    def app_fetches(self) -> list[Fetch]:
+        """Releases the driver should download and verify for this device now."""
+        return self.apps.fetches()
+
+    def apps_fetched(self, outcomes: list[Outcome], now: float) -> list[Publication]:
+        """The driver fetched (or failed to): report what changed."""
+        changed = [self.apps.fetched(outcome, now) for outcome in outcomes]
+        return [self._report(now)] if any(changed) else []
+
+    def _report(self, now: float) -> Publication:
+        state = dict(self.state)
+        if len(self.apps):
+            state["apps"] = self.apps.report()
+        # Only the newest reported state matters: an older one resent after it would
+        # undo it at the hub (a real agent's outbox keeps one state, too).
+        self.outbox.drop(Up.REPORTED)
         seq = self.outbox.next_seq()
-        reported = Reported(seq=seq, desired_version=desired.version, state=dict(self.state))
-        return [self._outbox(seq, Up.REPORTED, reported.encode(), now)]
+        reported = Reported(seq=seq, desired_version=self.desired_version, state=state)
+        return self._outbox(seq, Up.REPORTED, reported.encode(), now)
 
     def _answer(self, command: Command, now: float) -> list[Publication]:
         seq = self.outbox.next_seq()

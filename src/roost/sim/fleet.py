@@ -6,8 +6,11 @@ connection to the hub's broker, with client id = device id. It publishes a birth
 connection (with a fresh epoch, and a last will saying that epoch went offline),
 heartbeats at the interval with a random phase, answers ``ping`` commands through an
 in-memory outbox that resends until the hub acknowledges, and applies desired state by
-reporting it. What a device says is decided in ``roost.sim.device``; this module is the
-shell: sockets, TLS, timers, progress and the clean stop.
+reporting it. When the desired state names apps, the device fetches and verifies them
+from the hub's signed catalog as an agent would (``roost.sim.updates``, a bounded pool of
+threads) and reports them running. What a device says is decided in
+``roost.sim.device``; this module is the shell: sockets, TLS, timers, threads for TUF,
+progress and the clean stop.
 
 The run writes ``status.json`` in the data dir at every phase change (and the final
 figures at the end), so a benchmark can follow it without scraping the terminal.
@@ -31,8 +34,10 @@ from typing import Any
 
 from roost.atomic import write_atomic
 from roost.errors import ConfigError, WireError
+from roost.sim.apps import Outcome
 from roost.sim.device import Publication, VirtualDevice
 from roost.sim.store import IdentityCache
+from roost.sim.updates import UPDATE_WORKERS, FleetUpdates
 
 log = logging.getLogger("roost.sim")
 
@@ -45,6 +50,9 @@ KEEPALIVE_S = 60
 # devices); one TLS record is at most 16 KiB, so that is all a device needs.
 TLS_READ_BUFFER = 16 * 1024
 STOP_TIMEOUT_S = 30.0
+# A fetch the hub did not answer is tried again after this, doubling up to the cap.
+UPDATE_RETRY_S = 2.0
+UPDATE_RETRY_MAX_S = 60.0
 SIM_LABELS = {"simulated": "true"}
 
 
@@ -65,6 +73,17 @@ class Figures:
     reported: int = 0
     disconnects: int = 0
     malformed: int = 0
+    # Apps: releases verified, refused for good, and fetches that will be tried again.
+    apps_verified: int = 0
+    apps_failed: int = 0
+    apps_retried: int = 0
+    # What the hub answered for /v1/tuf/ (any status), and requests it did not answer.
+    tuf_metadata_requests: int = 0
+    tuf_target_requests: int = 0
+    tuf_unanswered: int = 0
+    tuf_bytes: int = 0
+    tuf_first_at: float = 0.0
+    tuf_last_at: float = 0.0
     run_s: float = 0.0
     heartbeats_per_s: float = 0.0
     started_at: float = field(default_factory=time.time)
@@ -84,10 +103,11 @@ class StatusFile:
 class SimLink:
     """One virtual device's MQTT connection (gmqtt) around its ``VirtualDevice``."""
 
-    def __init__(self, fleet: Fleet, device: VirtualDevice, pem_path: Path) -> None:
+    def __init__(self, fleet: Fleet, device: VirtualDevice, pem_path: Path, data_dir: Path) -> None:
         self.fleet = fleet
         self.device = device
         self.pem_path = pem_path
+        self.data_dir = data_dir
         self.online = False
         self.scheduled = False
         self.client: Any = None
@@ -167,6 +187,7 @@ class SimLink:
             return 0
         self.publish(out)
         self.fleet.answered(self, out)
+        self.fleet.update(self)
         return 0
 
     def _on_disconnect(self, client: Any, _packet: Any, _exc: Any = None) -> None:
@@ -205,6 +226,7 @@ class Fleet:
         heartbeat: float,
         figures: Figures,
         seed: int | None = None,
+        update_workers: int = UPDATE_WORKERS,
     ) -> None:
         hub = cache.hub
         if hub is None or not hub.mqtt_port:
@@ -215,12 +237,19 @@ class Fleet:
         self._rng = random.Random(seed)
         now = time.time()
         self.links = [
-            SimLink(self, VirtualDevice(d, i, heartbeat, self._rng, now), cache.pem_path(d))
+            SimLink(
+                self,
+                VirtualDevice(d, i, heartbeat, self._rng, now),
+                cache.pem_path(d),
+                cache.device_dir(d),
+            )
             for i, d in enumerate(device_ids)
         ]
         self._beats: list[tuple[float, int, SimLink]] = []
         self._wake = asyncio.Event()
         self._with_outbox: set[SimLink] = set()
+        self.updates = FleetUpdates(hub.hub_url, self.ca_pem, figures, update_workers)
+        self._updating: dict[SimLink, asyncio.Task[None]] = {}
 
     # -- events from the links -----------------------------------------------------------
 
@@ -247,6 +276,42 @@ class Fleet:
                 self.figures.reported += 1
         if len(link.device.outbox):
             self._with_outbox.add(link)
+
+    def update(self, link: SimLink) -> None:
+        """Fetch the releases the device wants now, unless it is at it already."""
+        if link in self._updating or not link.device.app_fetches():
+            return
+        self._updating[link] = asyncio.get_running_loop().create_task(self._update(link))
+
+    async def _update(self, link: SimLink) -> None:
+        device, retries = link.device, 0
+        try:
+            while fetches := device.app_fetches():
+                outcomes = await self.updates.fetch(
+                    device.device_id, link.pem_path, link.data_dir, fetches
+                )
+                out = device.apps_fetched(outcomes, time.time())
+                link.publish(out)
+                self.answered(link, out)
+                self._count(device.device_id, outcomes)
+                if any(o.error is not None and not o.final for o in outcomes):
+                    retries += 1
+                    delay = min(UPDATE_RETRY_S * 2 ** (retries - 1), UPDATE_RETRY_MAX_S)
+                    await asyncio.sleep(random.uniform(delay / 2, delay))
+        except Exception:
+            log.exception("%s: fetching its apps failed", device.device_id)
+        finally:
+            del self._updating[link]
+
+    def _count(self, device_id: str, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.error is None:
+                self.figures.apps_verified += 1
+            elif outcome.final:
+                self.figures.apps_failed += 1
+                log.warning("%s %s: %s", device_id, outcome.name, outcome.error)
+            else:
+                self.figures.apps_retried += 1
 
     # -- phases --------------------------------------------------------------------------
 
@@ -305,6 +370,9 @@ class Fleet:
                     link.publish(link.device.resend(now))
 
     async def close_all(self) -> None:
+        self.updates.close()
+        for task in list(self._updating.values()):
+            task.cancel()
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
         async def one(link: SimLink) -> None:

@@ -5,6 +5,8 @@
     DATA/hub.json              the hub these devices belong to (URL, CA fingerprint, broker)
     DATA/ca.pem                the hub's CA
     DATA/devices/<id>.pem      one device's private key and certificate (mode 0600)
+    DATA/devices/<id>/         what the device keeps, like an agent's data dir: its
+                               trusted TUF metadata and verified bundles
 
 One file per device because ``ssl.SSLContext.load_cert_chain`` reads files. A device
 file is written once, atomically, after the hub issued its certificate, so a crash
@@ -81,6 +83,10 @@ class IdentityCache:
     def pem_path(self, device_id: str) -> Path:
         return self.devices_dir / f"{device_id}.pem"
 
+    def device_dir(self, device_id: str) -> Path:
+        """The device's own data dir (made by whoever writes into it)."""
+        return self.devices_dir / device_id
+
     def save(self, device_id: str, key_pem: bytes, cert_pem: str) -> None:
         """Write one identity: a rename makes it whole or absent, but without fsync.
 
@@ -98,3 +104,4 @@ class IdentityCache:
 
     def forget(self, device_id: str) -> None:
         self.pem_path(device_id).unlink(missing_ok=True)
+        shutil.rmtree(self.device_dir(device_id), ignore_errors=True)
