@@ -190,6 +190,10 @@ class AgentSettings(_Settings):
     # Renew the certificate when less than this fraction of its lifetime is left.
     renew_at_fraction: float = 1 / 3
     log_max_bytes: int = 1024 * 1024
+    # The command that applies a system update (kind "system"), e.g. "rauc install"; the
+    # release's [install] command words follow it. Empty: system updates are refused.
+    system_installer: str = ""
+    system_install_timeout_s: float = 1800.0
 
     _bounds: typing.ClassVar[Mapping[str, tuple[float, float]]] = {
         "heartbeat_interval_s": (0.1, 24 * 3600),
@@ -201,4 +205,5 @@ class AgentSettings(_Settings):
         "outbox_batch": (1, 10_000),
         "keepalive_s": (5, 3600),
         "log_max_bytes": (4096, 1024 * 1024 * 1024),
+        "system_install_timeout_s": (1, 24 * 3600),
     }
