@@ -39,7 +39,7 @@ from roost.wire import (
     Status,
     topics,
 )
-from roost.wire.apps import wanted_apps
+from roost.wire.apps import WantedApp, wanted_apps
 from roost.wire.topics import Down, Up
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class Agent:
             asyncio.create_task(self._outbox_loop(), name="outbox"),
             asyncio.create_task(self._renew_loop(), name="renew"),
         ]
-        self._want_apps(self.outbox.get("apps_wanted") or {})
+        self._want_apps(stored_apps(self.outbox.get("apps_wanted")))
         await self._stop.wait()
         for task in self._tasks:
             task.cancel()
@@ -245,12 +245,12 @@ class Agent:
         apps = wanted_apps(wanted)
         self.outbox.set("state", state)
         self.outbox.set("desired_version", desired.version)
-        self.outbox.set("apps_wanted", apps)
+        self.outbox.set("apps_wanted", {name: app._asdict() for name, app in apps.items()})
         self._want_apps(apps)
         self._report()
         log.info("applied desired state version %s", desired.version)
 
-    def _want_apps(self, apps: dict[str, str]) -> None:
+    def _want_apps(self, apps: dict[str, WantedApp]) -> None:
         """Hand the wanted apps to the reconciler, starting it (and the supervisor) the
         first time a device has apps: one without apps never loads that machinery."""
         if self.apps is not None:
@@ -258,12 +258,23 @@ class Agent:
         elif apps or any((self.data_dir / "apps").glob("*/current")):
             self._tasks.append(asyncio.create_task(self._run_apps(apps), name="apps"))
 
-    async def _run_apps(self, apps: dict[str, str]) -> None:
+    async def _run_apps(self, apps: dict[str, WantedApp]) -> None:
         from roost.agent.apps import AppReconciler
         from roost.agent.supervisor import Supervisor
 
-        async with Supervisor(on_change=lambda _name, _status: self._apps_changed()) as sup:
-            self.apps = AppReconciler(self.data_dir, self._catalog_fetch, sup, self._apps_changed)
+        def status_changed(name: str, _status: object) -> None:
+            if self.apps is not None:
+                self.apps.supervisor_changed(name)
+
+        async with Supervisor(on_change=status_changed) as sup:
+            self.apps = AppReconciler(
+                self.settings,
+                self._catalog_fetch,
+                sup,
+                self.outbox,
+                self._apps_changed,
+                reported=self.state.get("apps") or {},
+            )
             self.apps.want(apps)
             await self.apps.run()
 
@@ -290,7 +301,7 @@ class Agent:
         if self.apps is None:
             raise RoostError("apps are not running yet")
         lines = int(args.get("lines", 100))
-        return {"lines": self.apps.supervisor.tail(str(args.get("app", "")), lines)}
+        return {"lines": self.apps.tail(str(args.get("app", "")), lines)}
 
     def _report(self) -> None:
         body = {"desired_version": self.desired_version, "state": self.state}
@@ -364,6 +375,15 @@ class Agent:
                 retry = min(300.0, max(1.0, (identity.not_after - time.time()) / 10))
                 log.warning("certificate renewal failed (%s); retrying in %.0fs", err, retry)
                 await asyncio.sleep(retry)
+
+
+def stored_apps(raw: Any) -> dict[str, WantedApp]:
+    """The wanted apps as the outbox keeps them, ``{name: {"version", "apply"}}``; agents
+    before ``apply`` kept ``{name: version}``."""
+    if not isinstance(raw, dict):
+        return {}
+    entries = {n: {"version": e} if isinstance(e, str) else e for n, e in raw.items()}
+    return wanted_apps({"apps": entries})
 
 
 def _encode_outbox(kind: Up, seq: int, body: dict[str, Any]) -> bytes:
