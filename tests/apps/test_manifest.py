@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from roost.apps.manifest import (
+    AgentNeeds,
     Health,
     Manifest,
     Port,
@@ -121,6 +122,8 @@ def test_system_update() -> None:
         variant("health", {"kind": "command", "command": "curl -f localhost"}),
         variant("health", {"kind": "tcp", "port": 8080, "grace": 2.5}),
         {"name": "os", "version": "1.0.0", "kind": "system", "install": {"command": ["x"]}},
+        {"name": "roost-agent", "version": "0.2.0", "kind": "agent"},
+        {"name": "roost-agent", "version": "1.0.0", "kind": "agent", "agent": {"python": "3.12"}},
     ],
 )
 def test_to_dict_is_json_and_round_trips(data: dict[str, object]) -> None:
@@ -151,7 +154,7 @@ BAD: list[tuple[str, object, str]] = [
     # description, kind, runtime
     ("description", "x" * 501, "description: longer than 500 characters"),
     ("description", ["x"], "description: expected a string, got ['x'] (array)"),
-    ("kind", "vm", "kind: 'vm' is not app or system"),
+    ("kind", "vm", "kind: 'vm' is not app, system or agent"),
     ("runtime", "docker", "runtime: 'docker' is not process"),
     ("runtime", 1, "runtime: expected a string, got 1 (integer)"),
     # command
@@ -267,6 +270,81 @@ def test_bad_system_update(extra: dict[str, object], expected: str) -> None:
     check_message(err.value, expected)
 
 
+def test_agent_update() -> None:
+    m = Manifest.from_toml(
+        'name = "roost-agent"\nversion = "0.2.0"\nkind = "agent"\n'
+        'description = "the agent, with a fix"\n[agent]\npython = "3.12"\n'
+    )
+    assert (m.kind, m.name, str(m.version)) == ("agent", "roost-agent", "0.2.0")
+    assert m.agent == AgentNeeds(python=(3, 12))
+    assert (m.runtime, m.command, m.ports, m.health, m.install) == (None, (), (), None, None)
+    assert m.to_dict() == {
+        "name": "roost-agent",
+        "version": "0.2.0",
+        "description": "the agent, with a fix",
+        "kind": "agent",
+        "agent": {"python": "3.12"},
+    }
+    default = Manifest.from_dict({"name": "roost-agent", "version": "0.2.0", "kind": "agent"})
+    assert default.agent == AgentNeeds(python=(3, 11))
+
+
+NOT_FOR_AGENT = "not for kind agent: the agent's own update carries the roost package"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"name": "agent"}, "name: 'agent' must be roost-agent for kind agent"),
+        ({"command": ["x"]}, f"command: {NOT_FOR_AGENT}"),
+        ({"health": {"kind": "tcp", "port": 1}}, f"health: {NOT_FOR_AGENT}"),
+        ({"resources": {"memory": "64M"}}, f"resources: {NOT_FOR_AGENT}"),
+        ({"environment": {"A": "b"}}, f"environment: {NOT_FOR_AGENT}"),
+        ({"install": {"command": ["x"]}}, f"install: {NOT_FOR_AGENT}"),
+        ({"runtime": "process"}, f"runtime: {NOT_FOR_AGENT}"),
+        ({"agent": {"python": "3"}}, "agent.python: '3' is not a Python version like 3.11"),
+        ({"agent": {"python": "2.7"}}, "agent.python: '2.7' is not a Python version like 3.11"),
+        ({"agent": {"python": 3.11}}, "agent.python: expected a string, got 3.11 (float)"),
+        ({"agent": {"pip": "x"}}, "agent.pip: unknown key (known: python)"),
+        ({"entry": "x"}, "entry: unknown key (known: name, version, description, kind, agent)"),
+    ],
+)
+def test_bad_agent_update(extra: dict[str, object], expected: str) -> None:
+    data = {"name": "roost-agent", "version": "0.2.0", "kind": "agent", **extra}
+    with pytest.raises(BundleError) as err:
+        Manifest.from_dict(data)
+    check_message(err.value, expected)
+
+
+OS_NAMED_AGENT = {"name": "roost-agent", "version": "1.0.0", "kind": "system"}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (variant("name", "roost-agent"), "name: 'roost-agent' is reserved for kind = \"agent\""),
+        (
+            {**OS_NAMED_AGENT, "install": {"command": "x"}},
+            "name: 'roost-agent' is reserved for kind = \"agent\"",
+        ),
+        (variant("agent", {"python": "3.11"}), 'agent: only for kind = "agent"'),
+    ],
+)
+def test_only_the_agent_is_roost_agent(data: dict[str, object], expected: str) -> None:
+    with pytest.raises(BundleError) as err:
+        Manifest.from_dict(data)
+    check_message(err.value, expected)
+
+
+def test_agent_needs_are_validated_when_constructed() -> None:
+    with pytest.raises(BundleError) as err:
+        AgentNeeds(python=(4, 0))
+    check_message(err.value, "agent.python: '4.0' is not a Python version like 3.11")
+    with pytest.raises(BundleError) as err:
+        Manifest("roost-agent", SemVer.parse("1.0.0"), kind="agent", runtime=None)
+    check_message(err.value, "agent: required for kind agent")
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
@@ -377,7 +455,7 @@ def test_semver_invalid(text: str) -> None:
 
 def test_semver_not_comparable_with_strings() -> None:
     with pytest.raises(TypeError):
-        _ = SemVer(1, 0, 0) < "2.0.0"  # type: ignore[operator]
+        _ = SemVer(1, 0, 0) < "2.0.0"
 
 
 idents = st.one_of(

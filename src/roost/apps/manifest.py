@@ -3,7 +3,10 @@
 An app is ``kind = "app"``: a process the agent runs with ``command``, limited by
 ``[resources]``, watched by ``[health]`` and restarted by ``[restart]``. A system update
 is ``kind = "system"``: no process, only ``[install] command``, which the device's
-configured installer runs.
+configured installer runs. The agent's own update is ``kind = "agent"``, named
+``roost-agent``: the bundle carries the ``roost`` Python package (``roost/``, whose
+``__version__`` is the manifest's version) and ``[agent] python``, the oldest Python it
+runs on; no process, no health check, no resources (``roost.agent.selfupdate``).
 
 Pure: ``Manifest.from_toml`` and ``Manifest.from_dict`` take text or data and return a
 frozen value; ``Manifest.load`` is the only function that reads a file. Every value is
@@ -35,7 +38,9 @@ MANIFEST_NAME: Final = "roost.toml"
 MAX_MANIFEST_BYTES: Final = 64 * 1024
 MiB: Final = 1024 * 1024
 
-KINDS: Final = ("app", "system")
+KINDS: Final = ("app", "system", "agent")
+# The one name of kind "agent", and only of it: the agent's own update.
+AGENT_NAME: Final = "roost-agent"
 RUNTIMES: Final = ("process",)
 PROTOCOLS: Final = ("tcp", "udp")
 HEALTH_KINDS: Final = ("http", "tcp", "command")
@@ -58,6 +63,7 @@ _MAX_CPU: Final = 64.0
 _MIN_MEMORY: Final = 4 * MiB
 _MAX_SECONDS: Final = 3600.0
 _MAX_RETRIES: Final = 100
+_PYTHON = re.compile(r"(3)\.(0|[1-9][0-9]?)")
 
 
 def _refuse(where: str, problem: str) -> BundleError:
@@ -315,6 +321,30 @@ class Install:
         _check_command("install.command", self.command)
 
 
+@dataclass(frozen=True)
+class AgentNeeds:
+    """What a release of the agent itself needs from the device: ``python``, the oldest
+    Python (major, minor) its code runs on (it runs on the device's interpreter, with the
+    libraries the installed agent has)."""
+
+    python: tuple[int, int] = (3, 11)
+
+    def __post_init__(self) -> None:
+        if not _PYTHON.fullmatch(self.python_text):
+            raise _refuse("agent.python", f"{self.python_text!r} is not a Python version like 3.11")
+
+    @property
+    def python_text(self) -> str:
+        return ".".join(map(str, self.python))
+
+    @classmethod
+    def parse_python(cls, text: str) -> tuple[int, int]:
+        match = _PYTHON.fullmatch(text)
+        if match is None:
+            raise _refuse("agent.python", f"{text!r} is not a Python version like 3.11")
+        return int(match[1]), int(match[2])
+
+
 # -- the manifest ------------------------------------------------------------------------
 
 _COMMON_KEYS: Final = ("name", "version", "description", "kind", "environment")
@@ -323,6 +353,7 @@ _APP_KEYS: Final = (
     *("runtime", "command", "resources", "ports", "health", "restart", "network", "data"),
 )
 _SYSTEM_KEYS: Final = (*_COMMON_KEYS, "install")
+_AGENT_KEYS: Final = ("name", "version", "description", "kind", "agent")
 
 
 @dataclass(frozen=True)
@@ -343,6 +374,7 @@ class Manifest:
     network: bool = False
     data: Data = field(default_factory=Data)
     install: Install | None = None
+    agent: AgentNeeds | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -352,7 +384,11 @@ class Manifest:
         if len(self.description) > _MAX_DESCRIPTION:
             raise _refuse("description", f"longer than {_MAX_DESCRIPTION} characters")
         if self.kind not in KINDS:
-            raise _refuse("kind", f"{self.kind!r} is not app or system")
+            raise _refuse("kind", f"{self.kind!r} is not app, system or agent")
+        if self.kind == "agent" and self.name != AGENT_NAME:
+            raise _refuse("name", f"{self.name!r} must be {AGENT_NAME} for kind agent")
+        if self.kind != "agent" and self.name == AGENT_NAME:
+            raise _refuse("name", f'{AGENT_NAME!r} is reserved for kind = "agent"')
         names = [name for name, _ in self.environment]
         for name, value in self.environment:
             if not _ENV_NAME.fullmatch(name):
@@ -363,8 +399,12 @@ class Manifest:
             raise _refuse("environment", "names must be unique and sorted")
         if self.kind == "system":
             self._check_system()
+        elif self.kind == "agent":
+            self._check_agent()
         else:
             self._check_app()
+        if self.agent is not None and self.kind != "agent":
+            raise _refuse("agent", 'only for kind = "agent"')
 
     def _check_system(self) -> None:
         if self.install is None:
@@ -377,6 +417,20 @@ class Manifest:
         ):
             if value:
                 raise _refuse(key, "only for kind app; a system update has [install]")
+
+    def _check_agent(self) -> None:
+        if self.agent is None:
+            raise _refuse("agent", "required for kind agent")
+        for key, value in (
+            ("runtime", self.runtime),
+            ("command", self.command),
+            ("environment", self.environment),
+            ("ports", self.ports),
+            ("health", self.health),
+            ("install", self.install),
+        ):
+            if value:
+                raise _refuse(key, _NOT_FOR_AGENT)
 
     def _check_app(self) -> None:
         if self.install is not None:
@@ -453,6 +507,9 @@ class Manifest:
         }
         if self.install is not None:
             return out | {"install": {"command": list(self.install.command)}}
+        if self.agent is not None:
+            del out["environment"]
+            return out | {"agent": {"python": self.agent.python_text}}
         out |= {
             "runtime": self.runtime,
             "command": list(self.command),
@@ -542,15 +599,22 @@ class _Table:
         return _Table(self.raw.get(key, {}), self.at(key), known)
 
 
+_NOT_FOR_AGENT: Final = "not for kind agent: the agent's own update carries the roost package"
+
+
 def _parse(data: Mapping[str, object]) -> Manifest:
     kind = data.get("kind", "app")
     if kind not in KINDS:
-        raise _refuse("kind", f"{kind!r} is not app or system")
+        raise _refuse("kind", f"{kind!r} is not app, system or agent")
+    if kind == "agent":
+        return _parse_agent(data)
     for key in data:
         if kind == "system" and key in _APP_KEYS and key not in _SYSTEM_KEYS:
             raise _refuse(key, "only for kind app; a system update has [install] command")
         if kind == "app" and key == "install":
             raise _refuse(key, 'only for kind = "system"')
+        if key == "agent":
+            raise _refuse(key, 'only for kind = "agent"')
     top = _Table(data, "", _APP_KEYS if kind == "app" else _SYSTEM_KEYS)
     name = top.text("name")
     version = SemVer.parse(top.text("version"))
@@ -582,6 +646,23 @@ def _parse(data: Mapping[str, object]) -> Manifest:
         restart=_parse_restart(top.table("restart", ("policy", "max_backoff"))),
         network=top.flag("network", False),
         data=Data(top.table("data", ("persistent",)).flag("persistent", True)),
+    )
+
+
+def _parse_agent(data: Mapping[str, object]) -> Manifest:
+    for key in data:
+        if key not in _AGENT_KEYS and key in (*_APP_KEYS, *_SYSTEM_KEYS):
+            raise _refuse(key, _NOT_FOR_AGENT)
+    top = _Table(data, "", _AGENT_KEYS)
+    needs = top.table("agent", ("python",))
+    python = needs.text("python", AgentNeeds().python_text)
+    return Manifest(
+        top.text("name"),
+        SemVer.parse(top.text("version")),
+        top.text("description", ""),
+        kind="agent",
+        runtime=None,
+        agent=AgentNeeds(AgentNeeds.parse_python(python)),
     )
 
 
