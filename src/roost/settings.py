@@ -190,6 +190,8 @@ class AgentSettings(_Settings):
     # Renew the certificate when less than this fraction of its lifetime is left.
     renew_at_fraction: float = 1 / 3
     log_max_bytes: int = 1024 * 1024
+    # A new agent version (its own update) must be online within this, or it is rolled back.
+    self_update_grace_s: float = 120.0
     # The command that applies a system update (kind "system"), e.g. "rauc install"; the
     # release's [install] command words follow it. Empty: system updates are refused.
     system_installer: str = ""
@@ -205,5 +207,6 @@ class AgentSettings(_Settings):
         "outbox_batch": (1, 10_000),
         "keepalive_s": (5, 3600),
         "log_max_bytes": (4096, 1024 * 1024 * 1024),
+        "self_update_grace_s": (5, 3600),
         "system_install_timeout_s": (1, 24 * 3600),
     }
