@@ -100,6 +100,23 @@ def show(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         print(f"{device_id}: {state.get('version', '?')} {state.get('state', '')}".rstrip())
 
 
+@apps_app.command("logs")
+def logs(
+    device: Annotated[str, typer.Argument(help="the device's id")],
+    name: Annotated[str, typer.Argument(help="the app")],
+    lines: Annotated[int, typer.Option("--lines", "-n", help="how many of the last lines")] = 100,
+    config: ConfigOpt = None,
+) -> None:
+    """The last lines an app wrote on a device (its stdout and stderr, rotated by size)."""
+    from roost.errors import RoostError
+
+    with connect(config) as client:
+        reply = client.command(device, "app-logs", {"app": name, "lines": lines})
+    if reply["status"] != "ok":
+        raise RoostError(f"logs of {name} on {device}: {reply['error']}")
+    print("\n".join(reply["result"].get("lines", [])))
+
+
 def _size(size: int) -> str:
     value = float(size)
     for unit in ("B", "KiB", "MiB"):
