@@ -2,6 +2,11 @@
 
 ``roost agent join TOKEN [--data DIR] [--no-run]``, ``roost agent run [--data DIR]``,
 ``roost agent emit TYPE [--payload JSON] [--subject S] [--data DIR]``.
+
+``run`` (and ``join`` when it goes on to run) starts in ``selfupdate.boot``, which may
+replace the process with the agent version the device updated itself to; when the agent
+stops to try a new version of itself, the process is replaced with ``roost agent run``
+again, whose boot starts the trial (``roost.agent.selfupdate``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_args(args: argparse.Namespace) -> list[str]:
+    """The arguments of ``roost agent run`` that runs this agent again (never ``join``)."""
+    again = ["run"]
+    if args.data:
+        again += ["--data", str(args.data)]
+    return [*again, "-v"] if args.verbose else again
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -48,6 +61,7 @@ def main(argv: list[str]) -> int:
                 raise ValidationError(f"--payload is not JSON: {err}") from err
             print(emit(settings, args.type, data, args.subject, args.source))
             return 0
+        from roost.agent import selfupdate
         from roost.agent.main import run, setup_logging
 
         setup_logging(settings, args.verbose)
@@ -58,7 +72,11 @@ def main(argv: list[str]) -> int:
             print(f"enrolled as {identity.device_id} (data in {settings.data_dir})", flush=True)
             if args.no_run:
                 return 0
+        again = _run_args(args)
+        selfupdate.boot(settings.data_dir, settings.self_update_grace_s, again)
         run(settings)
+        if selfupdate.restart_requested():
+            selfupdate.exec_boot(again)
     except RoostError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -21,7 +21,7 @@ from gmqtt import Client, Message
 from gmqtt.mqtt.constants import MQTTv50
 
 from roost import __version__
-from roost.agent import facts
+from roost.agent import facts, selfupdate
 from roost.agent.commands import CommandTable, UnknownCommandError, logs_handler, ping
 from roost.agent.identity import Identity, IdentityStore
 from roost.agent.outbox import Outbox
@@ -77,6 +77,8 @@ class Agent:
         self.commands.register("logs", logs_handler(self.data_dir / "agent.log"))
         self.commands.register("app-logs", self._app_logs)
         self.apps: AppReconciler | None = None
+        # A new version of the agent on trial: kept once the hub acknowledges it.
+        self._on_trial = selfupdate.is_trial(self.data_dir)
         self._client: Client | None = None
         self._tls = self._tls_context()
         self._failures = 0
@@ -182,6 +184,8 @@ class Agent:
         )
         client.publish(topics.up(self.device_id, Up.BIRTH), birth.encode(), qos=1)
         self.outbox.reset_sent()
+        if self._on_trial:
+            self._report()  # something for the hub to acknowledge
         self.connected.set()
         self._wake_outbox.set()
         log.info("online as %s (epoch %s)", self.device_id, self.epoch)
@@ -215,6 +219,8 @@ class Agent:
                 raise WireError(f"unexpected topic {topic}")
             if parsed.kind == Down.ACK:
                 self.outbox.ack(Ack.decode(payload, MAX_DOWN_BYTES).seqs)
+                if self._on_trial:
+                    self._confirm_self_update()
             elif parsed.kind == Down.DESIRED:
                 self._apply_desired(Desired.decode(payload, MAX_DOWN_BYTES))
             elif parsed.kind == Down.COMMAND:
@@ -277,6 +283,13 @@ class Agent:
             )
             self.apps.want(apps)
             await self.apps.run()
+
+    def _confirm_self_update(self) -> None:
+        """This agent runs a new version of itself on trial, and it is online: the hub
+        acknowledged what it sent after its birth. Keep this version, and say so."""
+        self._on_trial = False
+        if selfupdate.confirm(self.data_dir):
+            self._apps_changed()
 
     def _apps_changed(self) -> None:
         """An app started, stopped, turned unhealthy or was updated: report it."""
