@@ -17,7 +17,6 @@ Everything it started is stopped on the way out (also on Ctrl-C).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -27,7 +26,15 @@ from typing import Any
 
 import psutil
 
-from roost.sim.bench import ROOST, LocalHub, Meter, run_bench, spawn, stop_process
+from roost.sim.bench import (
+    LocalHub,
+    meters,
+    read_status,
+    run_bench,
+    spawn_sim,
+    stop_process,
+    wait_phase,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,33 +48,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def read_status(path: Path) -> dict[str, Any]:
-    try:
-        status: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return status
-
-
-def wait_phase(path: Path, sim: Any, phases: set[str], deadline: float) -> dict[str, Any]:
-    while time.monotonic() < deadline:
-        status = read_status(path)
-        if status.get("phase") in phases:
-            return status
-        if sim.poll() is not None:
-            raise RuntimeError(f"the simulator stopped early (phase {status.get('phase')})")
-        time.sleep(0.5)
-    raise TimeoutError(f"the simulator did not reach {sorted(phases)} in time")
-
-
-def meters(hub: LocalHub, sim_pid: int) -> dict[str, Meter]:
-    found = {"hub": Meter(hub.pid), "sim": Meter(sim_pid)}
-    broker = hub.broker_pid()
-    if broker is not None:
-        found["broker"] = Meter(broker)
-    return found
-
-
 def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     deadline = time.monotonic() + args.timeout
     env = {"ROOST_HEARTBEAT_INTERVAL_S": str(args.heartbeat)}
@@ -78,21 +58,7 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     }
     with LocalHub(root, env) as hub:
         status_path = root / "sim" / "status.json"
-        sim = spawn(
-            [
-                *ROOST,
-                "sim",
-                "--devices",
-                str(args.devices),
-                "--heartbeat",
-                str(args.heartbeat),
-                "--config",
-                str(hub.client_config),
-                "--data",
-                str(root / "sim"),
-            ],
-            root / "sim.log",
-        )
+        sim = spawn_sim(hub, root / "sim", args.devices, args.heartbeat)
         try:
             procs = meters(hub, sim.pid)
             wait_phase(status_path, sim, {"connecting"}, deadline)

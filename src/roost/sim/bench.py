@@ -2,8 +2,10 @@
 and the facts about the machine that make figures comparable.
 
 ``LocalHub`` runs ``python -m roost hub`` (and so its managed Mosquitto) in a directory
-of its own, and always stops it, whatever happened. ``Meter`` reads a process's CPU
-time and RSS through psutil, so a figure covers exactly a measured window.
+of its own, and always stops it, whatever happened. ``spawn_sim`` runs ``roost sim``
+against it, followed through its ``status.json`` (``read_status``, ``wait_phase``).
+``Meter`` reads a process's CPU time and RSS through psutil, so a figure covers exactly
+a measured window.
 """
 
 from __future__ import annotations
@@ -230,16 +232,57 @@ class LocalHub:
             stop_process(self.proc, signal.SIGTERM, timeout=30)
 
 
+def meters(hub: LocalHub, sim_pid: int) -> dict[str, Meter]:
+    """Meters for the hub, its broker (when it runs one) and the simulator, from now."""
+    found = {"hub": Meter(hub.pid), "sim": Meter(sim_pid)}
+    broker = hub.broker_pid()
+    if broker is not None:
+        found["broker"] = Meter(broker)
+    return found
+
+
+def spawn_sim(hub: LocalHub, data: Path, devices: int, heartbeat: float) -> subprocess.Popen[bytes]:
+    """``roost sim`` with ``devices`` virtual devices of ``hub``, until SIGINT; log beside."""
+    argv = [*ROOST, "sim", "--devices", str(devices), "--heartbeat", str(heartbeat)]
+    argv += ["--config", str(hub.client_config), "--data", str(data)]
+    return spawn(argv, data.with_name(f"{data.name}.log"))
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    """The simulator's ``status.json`` (empty until it wrote one)."""
+    try:
+        status: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return status
+
+
+def wait_phase(
+    path: Path, sim: subprocess.Popen[bytes], phases: set[str], deadline: float
+) -> dict[str, Any]:
+    """Wait until the simulator's status says one of ``phases``; it must not stop first."""
+    while time.monotonic() < deadline:
+        status = read_status(path)
+        if status.get("phase") in phases:
+            return status
+        if sim.poll() is not None:
+            raise RuntimeError(f"the simulator stopped early (phase {status.get('phase')})")
+        time.sleep(0.5)
+    raise TimeoutError(f"the simulator did not reach {sorted(phases)} in time")
+
+
 def run_bench(
     name: str,
     keep: bool,
     measure: Callable[[Path], dict[str, Any]],
     failures: tuple[type[BaseException], ...],
+    json_out: Path | None = None,
 ) -> int:
     """Run ``measure`` in a fresh temporary directory and print its JSON figures.
 
     The directory goes afterwards, unless ``keep`` or the run failed (its logs are the
-    answer then). Ctrl-C is exit code 130; a failure prints its error as the JSON.
+    answer then). Ctrl-C is exit code 130; a failure prints its error as the JSON. With
+    ``json_out`` the JSON is written to that file too.
     """
     root = Path(tempfile.mkdtemp(prefix=f"roost-bench-{name}-"))
     result: dict[str, Any] = {}
@@ -255,5 +298,8 @@ def run_bench(
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
     result["machine"] = machine_info()
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if json_out is not None:
+        json_out.write_text(text + "\n")
     return 0 if "error" not in result else 1

@@ -82,8 +82,6 @@ class Figures:
     tuf_target_requests: int = 0
     tuf_unanswered: int = 0
     tuf_bytes: int = 0
-    tuf_first_at: float = 0.0
-    tuf_last_at: float = 0.0
     run_s: float = 0.0
     heartbeats_per_s: float = 0.0
     started_at: float = field(default_factory=time.time)

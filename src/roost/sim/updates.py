@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,7 +110,7 @@ class FleetUpdates:
         return counted
 
     def _count(self, path: str, size: int, answered: bool = True) -> None:
-        figures, now = self.figures, time.time()
+        figures = self.figures
         with self._lock:
             if not answered:
                 figures.tuf_unanswered += 1
@@ -120,8 +119,6 @@ class FleetUpdates:
             else:
                 figures.tuf_target_requests += 1
             figures.tuf_bytes += size
-            figures.tuf_first_at = figures.tuf_first_at or now
-            figures.tuf_last_at = now
 
     def close(self) -> None:
         """Drop the jobs not started yet; those running end within their timeout."""
