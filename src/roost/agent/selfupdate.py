@@ -19,9 +19,10 @@ Contract for the reconciler (``roost.agent.apps``); nothing else is needed::
         ``BundleError`` (one line) when the release is unusable, and remembers the refusal
         (``report`` says ``failed``). The release dir may be removed afterwards.
     restart_into_trial(stop) -> None
-        After ``stage``: calls ``stop`` (``Agent.stop``); once the agent has stopped its
-        apps and disconnected, ``roost agent run`` replaces its process with the boot,
-        which runs the trial.
+        After ``stage``, when the desired state says apply: calls ``stop``
+        (``Agent.stop``); once the agent has stopped its apps and disconnected, ``roost
+        agent run`` replaces its process with the boot, which runs the trial. (With
+        ``apply`` false, fetch and unpack only, and call neither until it is true.)
     report(data_dir, wanted) -> dict
         The reported entry: ``kind`` "agent", ``version`` (the one running), ``wanted``,
         ``state`` (installed, installing, rolled-back, failed), ``since``, ``error``.
@@ -38,7 +39,7 @@ How it runs, under ``DATA/agent/``::
 The agent the device has installed (its own ``roost`` package: "the base") always boots.
 ``roost agent run`` starts in ``boot``: it reads ``state.json`` and either returns (the
 base runs in this process) or replaces the process (``os.execv``: same pid, no extra
-process) with ``python -c ENTRY``, which runs ``run_version`` of the base: it drops the
+process) with ``python -c VERSION_ENTRY``, which runs ``run_version`` of the base: it drops the
 base's ``roost`` modules, puts ``versions/<version>`` first on ``sys.path`` and calls that
 version's ``roost.agent.cli.main``, whose own ``boot`` returns at once.
 
@@ -58,12 +59,14 @@ A trial is guarded by base code only, so the rollback never depends on the new c
 
 The device keeps at most two versions: the current one and the previous one (during a
 trial, the current one and the trial). ``decide``, ``staged``, ``refused``, ``confirmed``,
-``wants`` and ``entry`` are pure; the rest is the shell around them. This module imports
-only the standard library at the top: it runs at every start of every agent.
+``wants`` and ``entry`` are pure; the rest is the shell around them. It runs at every
+start of every agent, so at the top it imports the standard library, ``roost.atomic`` and
+``roost.errors`` only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import logging
@@ -158,6 +161,11 @@ class BootState:
     previous: str | None = None
     trial: Trial | None = None
     outcome: Outcome | None = None
+
+    @property
+    def kept(self) -> set[str | None]:
+        """The versions to keep on disk."""
+        return {self.current, self.previous, self.trial.version if self.trial else None}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -391,7 +399,8 @@ def stage(data_dir: Path, release_dir: Path, version: str) -> None:
         _stage(data_dir, release_dir, version)
     except BundleError as err:
         error = str(err)
-        _change(data_dir, lambda state: refused(state, version, error, time.time()))
+        with contextlib.suppress(OSError):  # then the reconciler's own record says it
+            _change(data_dir, lambda state: refused(state, version, error, time.time()))
         log.warning("refused %s %s: %s", NAME, version, err)
         raise
     log.info("staged %s %s; it is tried at the next start", NAME, version)
@@ -423,11 +432,11 @@ def _stage(data_dir: Path, release_dir: Path, version: str) -> None:
         versions.mkdir(exist_ok=True)
         staging.rename(versions / version)
         fsync_dir(versions)
+        _change(data_dir, lambda state: staged(state, version, time.time()))
     except OSError as err:
         raise BundleError(f"{NAME} {version}: cannot install: {err}") from err
     finally:
         shutil.rmtree(root / _INCOMING, ignore_errors=True)
-    _change(data_dir, lambda state: staged(state, version, time.time()))
 
 
 def _check_release(release_dir: Path, version: str) -> None:
@@ -524,12 +533,17 @@ def confirm(data_dir: Path) -> bool:
         done = after is not None
         return after or state
 
-    state = _change(data_dir, change)
+    try:
+        state = _change(data_dir, change)
+    except OSError as err:  # not recorded, not kept: the watchdogs roll it back
+        log.error("cannot record that %s %s is online: %s", NAME, version, err)
+        return False
     if not done:
         return False
     signal.setitimer(signal.ITIMER_REAL, 0)
     faulthandler.cancel_dump_traceback_later()
-    _prune(data_dir, {state.current, state.previous})
+    with contextlib.suppress(OSError):
+        _prune(data_dir, state.kept)
     log.info("%s %s is online: it is the agent now", NAME, version)
     return True
 
@@ -555,10 +569,17 @@ def boot(data_dir: Path, grace_s: float, agent_args: list[str]) -> None:
             rolled_back = after.outcome
         return after
 
-    state = _change(data_dir, change)
+    try:
+        state = _change(data_dir, change)
+    except OSError as err:
+        # An attempt that cannot be counted is not made: the current version runs.
+        log.error("cannot update %s (%s); no trial this time", STATE_FILE, err)
+        rolled_back, state = None, replace(load(data_dir), trial=None)
+        launch, state = decide(state, installed(data_dir), __version__, None, time.time())
     if rolled_back is not None:
         log.warning("%s %s: %s", NAME, rolled_back.version, rolled_back.error)
-    _prune(data_dir, {state.current, state.previous, state.trial.version if state.trial else None})
+    with contextlib.suppress(OSError):
+        _prune(data_dir, state.kept)
     if launch.version is None:
         return
     mode = "trial" if launch.trial else "run"
