@@ -107,6 +107,7 @@ def test_virtual_devices_verify_releases_from_the_signed_catalog(
     )
 
     assert sim.stop(timeout=30) == 0, sim.log_tail()
+    assert "2 app releases verified, 1 refused" in sim.log_text()
     status = json.loads((data / "status.json").read_text())
     assert status["apps_verified"] == 2  # staging needs no second download
     assert status["apps_failed"] == 1

@@ -209,10 +209,13 @@ class SimRun:
     def summary(self) -> str:
         f = self.figures
         failed = f", {f.connect_failed} failed" if f.connect_failed else ""
+        apps = ""
+        if f.apps_verified or f.apps_failed:
+            apps = f"{f.apps_verified} app releases verified, {f.apps_failed} refused, "
         return (
             f"sim: {f.devices} devices, {f.connected} connected in {f.connect_s:g}s{failed} "
             f"({f.enrolled} enrolled in {f.enroll_s:g}s); {f.heartbeats} heartbeats "
             f"({f.heartbeats_per_s:.0f}/s while running), {f.commands} commands answered, "
-            f"{f.reported} desired states reported, {f.disconnects} disconnects; "
+            f"{f.reported} desired states reported, {apps}{f.disconnects} disconnects; "
             f"ran {f.run_s:g}s"
         )
