@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from roost.agent.appstate import stamp
 from roost.wire.apps import WantedApp
 
 INSTALLING = "installing"
@@ -118,15 +119,13 @@ class SimApps:
     def _set(
         self, name: str, version: str | None, state: str, now: float, error: str | None = None
     ) -> None:
-        old = self._entries.get(name)
-        same = old is not None and old["state"] == state and old["version"] == version
         entry: dict[str, Any] = {
             "kind": "app",
             "version": version,
             "wanted": self._wanted[name].version,
             "state": state,
-            "since": old["since"] if same and old is not None else now,
         }
         if error is not None:
             entry["error"] = error
-        self._entries[name] = entry
+        # ``since`` as the agent keeps it.
+        self._entries[name] = stamp({name: entry}, self._entries, now)[name]
