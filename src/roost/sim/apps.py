@@ -9,8 +9,8 @@ that verified counts as running (or ``staged`` while ``apply`` is false).
 ``SimApps`` decides and remembers; it does no I/O and reads no clock. ``want`` takes the
 wanted apps, ``fetches`` says which releases to download now, ``fetched`` takes the
 outcome, and ``report`` is the reported state's ``apps``, in the shape a real agent
-reports (``roost.wire.apps`` and the contract in ``docs/apps.md``):
-``{"kind", "version", "wanted", "state", "since"}`` and ``error`` after a failure.
+reports (``roost.agent.appstate``): ``{"kind", "version", "wanted", "state", "since"}``
+and ``error`` after a failure.
 
 Invariants: ``since`` changes only when ``state`` or ``version`` does; an outcome for a
 version that is no longer wanted is ignored; a release refused for good (``failed``) is
