@@ -107,9 +107,13 @@ class Hub:
             return False
         return r.status_code == 200
 
-    def restart(self) -> None:
+    def stop(self) -> None:
+        """Stop the hub and its broker; ``run()`` starts it again on the same data and ports."""
         assert self.proc is not None
         self.proc.stop(timeout=20)
+
+    def restart(self) -> None:
+        self.stop()
         self.run()
 
     def client(self, token: str | None = None) -> RoostClient:
