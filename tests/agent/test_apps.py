@@ -112,6 +112,16 @@ ROLLED = Outcome("1.1.0", "rolled-back", "rolled back to 1.0.0: unhealthy", judg
             ("app", W("1.1.0"), "1.0.0", running("1.0.0"), ROLLED),
             ("1.0.0", "rolled-back", "rolled back to 1.0.0: unhealthy"),
         ),
+        # ... even while the bad version is still stopping.
+        (
+            ("app", W("1.1.0"), "1.0.0", running("1.1.0", AppState.STOPPED), ROLLED),
+            ("1.0.0", "rolled-back", "rolled back to 1.0.0: unhealthy"),
+        ),
+        # Switching: the old version is stopping, the new one is about to start.
+        (
+            ("app", W("1.1.0"), "1.1.0", running("1.0.0", AppState.STOPPED), None),
+            ("1.1.0", "starting", None),
+        ),
         # An outcome about another version than the wanted one says nothing.
         (
             ("app", W("1.2.0"), "1.0.0", running("1.0.0"), ROLLED),
@@ -120,6 +130,16 @@ ROLLED = Outcome("1.1.0", "rolled-back", "rolled back to 1.0.0: unhealthy", judg
         # Judged bad with nothing to go back to: stopped, nothing runs.
         (
             ("app", W("1.1.0"), "1.1.0", None, Outcome("1.1.0", "failed", "stopped", judged=True)),
+            (None, "failed", "stopped"),
+        ),
+        (
+            (
+                "app",
+                W("1.1.0"),
+                "1.1.0",
+                running("1.1.0", AppState.STOPPED),
+                Outcome("1.1.0", "failed", "stopped", judged=True),
+            ),
             (None, "failed", "stopped"),
         ),
         (("app", W("1.0.0"), None, None, None), (None, "installing", None)),

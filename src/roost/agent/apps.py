@@ -152,8 +152,10 @@ class AppReconciler:
     async def run(self) -> None:
         try:
             while True:
+                # Not asyncio.wait_for: on 3.11 it swallows a cancel that comes with a wake.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._sleep_s(time.monotonic()))
+                    async with asyncio.timeout(self._sleep_s(time.monotonic())):
+                        await self._wake.wait()
                 self._wake.clear()
                 try:
                     await self.reconcile()

@@ -90,10 +90,16 @@ def entry(
     if outcome is not None and (wanted is None or outcome.version == wanted.version):
         state: str = outcome.state
         error = outcome.error or error
+        if outcome.state == "rolled-back":
+            version = current  # gone back to it, even while the bad one is still stopping
+        elif outcome.judged and outcome.version == current:
+            version = None  # judged bad with nothing to go back to: it does not run
     elif wanted is not None and wanted.version != current:
         state = "installing"
     elif kind != "app":
         state = "installed" if current else "not-installed"
+    elif status is not None and status.version != current:
+        state, version = "starting", current  # switching: the old version is stopping
     elif status is not None:
         state = str(status.state)
     else:
