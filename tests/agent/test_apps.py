@@ -188,6 +188,12 @@ def test_since_stays_while_state_and_version_stay() -> None:
     assert upgraded["web"]["since"] == 120.0
 
 
+def test_an_entry_with_a_since_of_its_own_keeps_it() -> None:
+    before = {"roost-agent": {"state": "installing", "version": "0.1.0", "since": 5.0}}
+    now = {"roost-agent": {"state": "installing", "version": "0.1.0", "since": 7.0}}
+    assert stamp(now, before, 60.0)["roost-agent"]["since"] == 7.0
+
+
 def test_since_is_per_app_and_ignores_junk_before() -> None:
     before = {"web": {"state": "running", "version": "1.0.0", "since": 50.0}, "db": "junk"}
     now = {

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from roost.agent import installer
+from roost.agent import installer, selfupdate
 from roost.agent.appstate import Outcome, Watch, entry, judge, stamp, watch
 from roost.agent.runtime import backoff
 from roost.agent.supervisor import HealthCheck, RestartPolicy, RunSpec, Supervisor
@@ -114,6 +113,7 @@ class AppReconciler:
         store: Store,
         on_change: Callable[[], None],
         reported: Mapping[str, Any] | None = None,
+        stop_agent: Callable[[], None] | None = None,
     ) -> None:
         self.installs = AppInstalls(settings.data_dir / "apps")
         self.log_dir = settings.data_dir / "app-logs"
@@ -122,6 +122,7 @@ class AppReconciler:
         self._fetch = fetch
         self._store = store
         self._on_change = on_change
+        self._stop_agent = stop_agent
         self._wanted: dict[str, WantedApp] = {}
         self._outcomes: dict[str, Outcome] = {}
         for name, raw in dict(store.get(BAD_KEY) or {}).items():
@@ -210,8 +211,15 @@ class AppReconciler:
         if kept != (self._judged(), set(self._watches)):
             self._save()
 
+    def _there(self, name: str, want: WantedApp) -> bool:
+        """Whether the wanted release is what the device runs (or, for the agent itself,
+        whether there is nothing to fetch: it runs, is on trial, or was refused)."""
+        if name == selfupdate.NAME:
+            return not selfupdate.needs(self._settings.data_dir, want.version)
+        return self._current(name) == want.version
+
     def _must_fetch(self, name: str, want: WantedApp, now: float) -> bool:
-        if name in self._busy or self._current(name) == want.version:
+        if name in self._busy or self._there(name, want):
             return False
         outcome = self._outcomes.get(name)
         if outcome is not None and outcome.definitive:
@@ -261,7 +269,7 @@ class AppReconciler:
         outcome = self._outcomes.get(name)
         if name in self._busy or (outcome is not None and outcome.definitive):
             return
-        if self._current(name) == want.version:
+        if self._there(name, want):
             self._outcomes.pop(name, None)
             self._retries.pop(name, None)
             if name in self._rewatch and self._rewatch.pop(name) == want.version:
@@ -315,10 +323,7 @@ class AppReconciler:
         async def finish() -> None:
             try:
                 await work
-                self.installs.activate(name, version)
-                self.installs.prune(name)
                 self._outcomes.pop(name, None)
-                log.info("installed %s@%s", name, version)
             except RoostError as err:
                 self._outcomes[name] = Outcome(version, "failed", str(err))
                 log.warning("cannot install %s@%s: %s", name, version, err)
@@ -334,14 +339,22 @@ class AppReconciler:
         await installer.install(
             settings.system_installer, release, self.log_dir, settings.system_install_timeout_s
         )
+        self.installs.activate(release.app, release.version)
+        self.installs.prune(release.app)
+        log.info("installed %s@%s", release.app, release.version)
 
     async def _update_agent(self, release: InstalledVersion) -> None:
-        """The one place the agent's own update is handed on (``roost.agent.selfupdate``)."""
+        """The one place the agent's own update is handed on (``roost.agent.selfupdate``):
+        stage the release as the next version to try, then restart into it."""
+        data_dir, version = self._settings.data_dir, str(release.version)
         try:
-            selfupdate = importlib.import_module("roost.agent.selfupdate")
-        except ModuleNotFoundError as err:
-            raise AppError("this agent cannot update itself yet") from err
-        await selfupdate.stage(release, self._settings)
+            # Blocking: it copies, fsyncs, and compiles and imports the new version.
+            await asyncio.to_thread(selfupdate.stage, data_dir, release.path, version)
+        finally:
+            self.installs.remove(release.app)  # staged into DATA/agent, or refused
+        if self._stop_agent is None:
+            raise AppError("this agent cannot restart itself into a new version")
+        selfupdate.restart_into_trial(self._stop_agent)
 
     # -- watching -------------------------------------------------------------------------
 
@@ -424,13 +437,26 @@ class AppReconciler:
         entries = {}
         for name in sorted(set(self._wanted) | set(states) | set(self._busy)):
             want = self._wanted.get(name)
+            outcome = self._outcomes.get(name)
+            if name == selfupdate.NAME:
+                entries[name] = self._agent_entry(want, outcome)
+                continue
             current = self._current(name)
             kind = self._kind(name, want.version if want else None, current)
             status = states.get(name) if kind == "app" else None
-            outcome = self._outcomes.get(name)
             entries[name] = entry(kind, want, current, status, outcome, self._errors.get(name))
         self._reported = stamp(entries, self._reported, time.time())
         return self._reported
+
+    def _agent_entry(self, want: WantedApp | None, outcome: Outcome | None) -> dict[str, Any]:
+        """The agent's own entry: ``selfupdate`` knows it, but while this reconciler fetches
+        or stages its release, or failed to, it is this one's to say."""
+        wanted = want.version if want else None
+        agent = selfupdate.report(self._settings.data_dir, wanted)
+        if outcome is None or outcome.version != wanted:
+            return agent
+        mine = {k: v for k, v in agent.items() if k not in ("since", "error")}
+        return mine | entry("agent", want, agent["version"], None, outcome)
 
     def tail(self, name: str, lines: int = 100) -> list[str]:
         """The last lines of an app's (or a system update's installer's) output."""

@@ -122,12 +122,15 @@ def stamp(
     entries: Mapping[str, Mapping[str, Any]], before: Mapping[str, Any], now: float
 ) -> dict[str, dict[str, Any]]:
     """``entries`` with ``since``: kept from ``before`` (the last report) for an app whose
-    state and version are unchanged, ``now`` for the others."""
+    state and version are unchanged, ``now`` for the others; an entry that has a
+    ``since`` of its own keeps it."""
     out = {}
     for name, item in entries.items():
         old = before.get(name)
         since = now
-        if (
+        if "since" in item:
+            since = item["since"]
+        elif (
             isinstance(old, Mapping)
             and old.get("state") == item["state"]
             and old.get("version") == item["version"]

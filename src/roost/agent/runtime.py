@@ -280,6 +280,7 @@ class Agent:
                 self.outbox,
                 self._apps_changed,
                 reported=self.state.get("apps") or {},
+                stop_agent=self.stop,
             )
             self.apps.want(apps)
             await self.apps.run()
@@ -352,8 +353,11 @@ class Agent:
     async def _outbox_loop(self) -> None:
         # Other processes may add to the outbox, so look now and then even unwoken.
         while True:
+            # Not asyncio.wait_for: on 3.11 it swallows a cancel that comes with a wake
+            # (a report just before stop), and the agent would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_outbox.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wake_outbox.wait()
             self._wake_outbox.clear()
             if not self.connected.is_set():
                 continue
