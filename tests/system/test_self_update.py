@@ -19,6 +19,7 @@ from roost.client import RoostClient
 from system.agent_releases import BREAK_AT_START, HANG_AT_START, write_agent_release
 from system.harness import Agent, Hub, StartProc
 from system.procs import wait_for
+from system.test_apps import roost
 
 GRACE_S = 15
 ENV = {"ROOST_SELF_UPDATE_GRACE_S": str(GRACE_S)}
@@ -27,6 +28,54 @@ ENV = {"ROOST_SELF_UPDATE_GRACE_S": str(GRACE_S)}
 def agent_version(api: RoostClient, device_id: str) -> str | None:
     device: dict[str, Any] = api.device(device_id)
     return str(device["agent_version"]) if device["status"] == "online" else None
+
+
+def reported(api: RoostClient, device_id: str) -> dict[str, Any]:
+    apps: dict[str, Any] = api.twin(device_id)["reported"].get("apps") or {}
+    return dict(apps.get(selfupdate.NAME) or {})
+
+
+def test_the_agent_updates_itself_from_the_catalog_and_rolls_a_broken_release_back(
+    start_proc: StartProc, tmp_path: Path, mosquitto_bin: str
+) -> None:
+    hub = Hub.start(start_proc, tmp_path / "hub")
+    config = hub.data_dir / "client.toml"
+    agent = hub.join(tmp_path / "agent", env=ENV)
+    pid = agent.proc.pid
+    bundles = tmp_path / "bundles"
+    for version, breakage in (("0.2.0", ""), ("0.3.0", BREAK_AT_START)):
+        folder = write_agent_release(tmp_path / "releases", version, breakage)
+        roost(config, "app", "build", str(folder), "--out", str(bundles))
+        roost(config, "app", "publish", str(bundles / f"roost-agent-{version}.tar.gz"))
+
+    with hub.client() as api:
+        wait_for(lambda: agent_version(api, agent.device_id) == BASE, timeout=30, what="online")
+        api.set_desired(agent.device_id, {"apps": {"roost-agent": {"version": "0.2.0"}}})
+
+        def installed() -> bool:
+            entry = reported(api, agent.device_id)
+            return (entry.get("state"), entry.get("version")) == ("installed", "0.2.0")
+
+        wait_for(installed, timeout=GRACE_S + 60, what="roost-agent 0.2.0 installed")
+        entry = reported(api, agent.device_id)
+        assert (entry["kind"], entry["wanted"]) == ("agent", "0.2.0")
+        assert "error" not in entry
+        wait_for(lambda: agent_version(api, agent.device_id) == "0.2.0", timeout=30, what="birth")
+        assert agent.proc.pid == pid  # it replaced its own process: nothing restarted it
+
+        api.set_desired(agent.device_id, {"apps": {"roost-agent": {"version": "0.3.0"}}})
+        wait_for(
+            lambda: reported(api, agent.device_id).get("state") == "rolled-back",
+            timeout=GRACE_S + 60,
+            what="roost-agent 0.3.0 rolled back",
+        )
+        entry = reported(api, agent.device_id)
+        assert (entry["version"], entry["wanted"]) == ("0.2.0", "0.3.0")
+        assert entry["error"].startswith("0.3.0 failed to start: RuntimeError: this release is")
+        assert entry["error"].endswith("; rolled back to 0.2.0")
+        wait_for(lambda: agent_version(api, agent.device_id) == "0.2.0", timeout=30, what="0.2.0")
+        assert agent.proc.alive
+        assert agent.proc.pid == pid
 
 
 def test_a_staged_version_runs_after_a_restart_and_a_broken_one_goes_back_by_itself(
