@@ -181,8 +181,11 @@ class _App:
                 self._set(lc, pid=None)
                 if delay is None:
                     return
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel
+                # that lands just as the event is set, and shutdown would hang.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
         finally:
             log.close()
 
