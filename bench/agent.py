@@ -9,13 +9,20 @@ runs the agent once more to list what it imported (``sys.modules`` at exit, and
 a fresh interpreter. Prints one JSON object; asserts nothing. Aims: < 1 s to online,
 <= 30 MB RSS.
 
+With ``--apps`` it measures the supervisor's own cost instead: the agent's memory idle
+without apps, then again while it runs two apps (small HTTP servers with HTTP health
+checks, published to the hub's catalog and set in the device's desired state). Only the
+agent's process counts; the apps' processes are listed apart.
+
     .venv/bin/python bench/agent.py             # 60 s idle
     .venv/bin/python bench/agent.py --idle 10
+    .venv/bin/python bench/agent.py --apps --idle 30
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import signal
@@ -29,7 +36,9 @@ from typing import Any
 
 import psutil
 
-from roost.sim.bench import ROOST, LocalHub, run_bench, stop_process
+from roost.apps.bundle import build_bundle
+from roost.client import RoostClient
+from roost.sim.bench import ROOST, LocalHub, free_port, run_bench, stop_process
 
 AIM_RSS_MIB = 30.0
 AIM_ONLINE_S = 1.0
@@ -45,12 +54,28 @@ DUMP_MODULES = (
 # The agent started through its own argparse entry, without ``roost.cli.main`` (typer).
 DIRECT_ENTRY = "import sys\nfrom roost.agent.cli import main\nsys.exit(main(sys.argv[1:]))\n"
 IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
+# The two apps of --apps: an HTTP server each, health-checked over HTTP.
+APP = """\
+name = "{name}"
+version = "1.0.0"
+command = ["/usr/bin/python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+network = true
+ports = [{{ port = {port} }}]
+
+[health]
+kind = "http"
+port = {port}
+interval = 5
+"""
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--idle", type=float, default=60.0, help="seconds idle before measuring")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--apps", action="store_true", help="measure the agent while it runs two apps"
+    )
     return parser.parse_args()
 
 
@@ -122,10 +147,10 @@ def memory(pid: int) -> dict[str, Any]:
     }
 
 
-def rss_of_import(module: str) -> float:
-    """MiB of RSS that importing ``module`` alone adds to a bare interpreter."""
+def rss_of_import(module: str, after: str = "sys") -> float:
+    """MiB of RSS that importing ``module`` adds to an interpreter that imported ``after``."""
     code = (
-        "import sys; base = int(open('/proc/self/statm').read().split()[1]); "
+        f"import {after}; base = int(open('/proc/self/statm').read().split()[1]); "
         f"import {module}; "
         "print((int(open('/proc/self/statm').read().split()[1]) - base) * 4096)"
     )
@@ -172,21 +197,27 @@ def bare_python_rss() -> float:
     return round(int(out.stdout) / 2**20, 1)
 
 
+def join(hub: LocalHub, agent_dir: Path) -> str:
+    """Enroll an agent in ``agent_dir`` without running it; its device id."""
+    with hub.client() as api:
+        token = api.create_join_token({"bench": "agent"})["token"]
+    subprocess.run(
+        [*ROOST, "agent", "join", token, "--data", str(agent_dir), "--no-run"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    device_id: str = json.loads((agent_dir / "identity.json").read_text())["device_id"]
+    return device_id
+
+
 def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"bench": "agent", "idle_s": args.idle}
     with LocalHub(root) as hub:
-        with hub.client() as api:
-            token = api.create_join_token({"bench": "agent"})["token"]
         agent_dir = root / "agent"
         started = time.monotonic()
-        subprocess.run(
-            [*ROOST, "agent", "join", token, "--data", str(agent_dir), "--no-run"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        device_id = join(hub, agent_dir)
         result["join_s"] = round(time.monotonic() - started, 3)
-        device_id = json.loads((agent_dir / "identity.json").read_text())["device_id"]
         agent = AgentRun([*ROOST, "agent", "run", "--data", str(agent_dir)])
         try:
             result.update(time_to_online(hub, device_id, agent))
@@ -215,10 +246,83 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return result
 
 
+def publish_apps(api: RoostClient, root: Path) -> dict[str, dict[str, str]]:
+    """Build and publish the two apps; the desired state's ``apps`` for them."""
+    wanted = {}
+    for name in ("alpha", "beta"):
+        source = root / "apps" / name
+        source.mkdir(parents=True)
+        (source / "roost.toml").write_text(APP.format(name=name, port=free_port()))
+        api.publish_app(build_bundle(source, root / "bundles").path)
+        wanted[name] = {"version": "1.0.0"}
+    return wanted
+
+
+def wait_running(api: RoostClient, device_id: str, names: set[str]) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        apps: dict[str, Any] = api.twin(device_id)["reported"].get("apps") or {}
+        if {n for n, a in apps.items() if a.get("state") == "running"} >= names:
+            return apps
+        time.sleep(0.2)
+    raise RuntimeError(f"the apps did not start: {apps}")
+
+
+def app_processes(pid: int) -> dict[str, Any]:
+    """The agent's descendants (its apps, under bubblewrap or not), for context."""
+    children = psutil.Process(pid).children(recursive=True)
+    rss = 0
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            rss += child.memory_info().rss
+    return {"count": len(children), "rss_mib": round(rss / 2**20, 1)}
+
+
+def run_apps(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """The supervisor's own cost: the agent's memory without apps, then with two."""
+    result: dict[str, Any] = {"bench": "agent-apps", "idle_s": args.idle}
+    with LocalHub(root) as hub:
+        agent_dir = root / "agent"
+        device_id = join(hub, agent_dir)
+        agent = AgentRun([*ROOST, "agent", "run", "--data", str(agent_dir)])
+        try:
+            agent.wait_online()
+            time.sleep(args.idle)
+            result["memory_without_apps"] = memory(agent.proc.pid)
+            with hub.client() as api:
+                wanted = publish_apps(api, root)
+                api.set_desired(device_id, {"apps": wanted})
+                apps = wait_running(api, device_id, set(wanted))
+            time.sleep(args.idle)
+            if agent.proc.poll() is not None:
+                raise RuntimeError("the agent exited:\n" + "\n".join(agent.lines[-20:]))
+            result["memory_with_two_apps"] = memory(agent.proc.pid)
+            result["app_processes"] = app_processes(agent.proc.pid)
+            result["apps"] = {n: {"isolation": a.get("isolation")} for n, a in apps.items()}
+        finally:
+            agent.stop()
+    # What the apps machinery loads into an agent that already runs: its own modules,
+    # then python-tuf (ngclient with securesystemslib and urllib3) for the catalog.
+    result["rss_of_import_after_the_runtime_mib"] = {
+        "roost.agent.apps": rss_of_import("roost.agent.apps", after="roost.agent.runtime"),
+        "tuf.ngclient": rss_of_import("tuf.ngclient", after="roost.agent.apps"),
+    }
+    without = result["memory_without_apps"]["rss_mib"]
+    result["rss_added_by_two_apps_mib"] = round(
+        result["memory_with_two_apps"]["rss_mib"] - without, 1
+    )
+    return result
+
+
 def main() -> int:
     args = parse_args()
+    measure = run_apps if args.apps else run
+    name = "agent-apps" if args.apps else "agent"
     return run_bench(
-        "agent", args.keep, lambda root: run(args, root), (RuntimeError, subprocess.SubprocessError)
+        name,
+        args.keep,
+        lambda root: measure(args, root),
+        (RuntimeError, subprocess.SubprocessError),
     )
 
 
