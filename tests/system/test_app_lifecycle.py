@@ -202,6 +202,7 @@ def test_a_release_that_fails_its_health_check_is_rolled_back_by_the_agent(
         )
         again = wait_app(api, agent, "alpha", state="rolled-back", version="1.0.0")
         assert again["error"] == back["error"]
+        assert again["since"] == back["since"]  # the same state and version since then
         assert "to 2.0.0" not in agent_log(agent).removeprefix(log_before)
 
         # Naming another version clears it: back to 1.0.0 as the hub would roll back.
