@@ -115,6 +115,14 @@ def wait_app(api: RoostClient, agent: Agent, name: str, **expected: Any) -> dict
     return wait_for(matches, timeout=60, interval=0.2, what=f"{name} {expected}")
 
 
+def fleet_of_one(start_proc: StartProc, tmp_path: Path) -> tuple[Hub, Agent]:
+    """A hub and one agent, online."""
+    hub = Hub.start(start_proc, tmp_path / "hub")
+    agent = hub.join(tmp_path / "agent")
+    hub.wait_online([agent.device_id])
+    return hub, agent
+
+
 def agent_log(agent: Agent) -> str:
     return (agent.data_dir / "agent.log").read_text()
 
@@ -122,9 +130,7 @@ def agent_log(agent: Agent) -> str:
 def test_two_apps_upgrade_independently_and_a_staged_release_applies_without_a_download(
     start_proc: StartProc, tmp_path: Path, mosquitto_bin: str
 ) -> None:
-    hub = Hub.start(start_proc, tmp_path / "hub")
-    agent = hub.join(tmp_path / "agent")
-    hub.wait_online([agent.device_id])
+    hub, agent = fleet_of_one(start_proc, tmp_path)
     ports = {"alpha": free_port(), "beta": free_port()}
     with hub.client() as api:
         for name, port in ports.items():
@@ -173,9 +179,7 @@ def test_two_apps_upgrade_independently_and_a_staged_release_applies_without_a_d
 def test_a_release_that_fails_its_health_check_is_rolled_back_by_the_agent(
     start_proc: StartProc, tmp_path: Path, mosquitto_bin: str
 ) -> None:
-    hub = Hub.start(start_proc, tmp_path / "hub")
-    agent = hub.join(tmp_path / "agent")
-    hub.wait_online([agent.device_id])
+    hub, agent = fleet_of_one(start_proc, tmp_path)
     port = free_port()
     with hub.client() as api:
         publish_app(api, tmp_path, "alpha", "1.0.0", port)
@@ -214,9 +218,7 @@ def test_a_release_that_fails_its_health_check_is_rolled_back_by_the_agent(
 def test_a_release_without_a_version_to_go_back_to_is_stopped_and_failed(
     start_proc: StartProc, tmp_path: Path, mosquitto_bin: str
 ) -> None:
-    hub = Hub.start(start_proc, tmp_path / "hub")
-    agent = hub.join(tmp_path / "agent")
-    hub.wait_online([agent.device_id])
+    hub, agent = fleet_of_one(start_proc, tmp_path)
     port = free_port()
     with hub.client() as api:
         publish_app(api, tmp_path, "alpha", "1.0.0", port, health_path="/no-such-page")
