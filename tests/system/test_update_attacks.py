@@ -22,13 +22,14 @@ and started again on the same data dir, as an operator's restore would go.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner, SSlibKey  # type: ignore[attr-defined]
 from tuf.api.metadata import Metadata, MetaFile  # type: ignore[attr-defined]
@@ -147,21 +148,65 @@ def _same_size_impostor(releases: Releases, genuine: BuiltBundle) -> bytes:
     raise AssertionError(f"no impostor bundle fits in {genuine.size} bytes")
 
 
-# -- the attacks -------------------------------------------------------------------------
+# -- attacks on the files of a running hub ------------------------------------------------
 
 
-def test_a_bundle_tampered_in_the_blob_store_is_refused(
-    start_proc: StartProc, tmp_path: Path, mosquitto_bin: str
+def _tamper_with_the_bundle(here: Site, published: dict[str, Any]) -> None:
+    """NEW's blob replaced by a valid bundle of NEW, of the same length: only the signed
+    sha256 tells them apart."""
+    impostor = _same_size_impostor(here.releases, here.releases.bundle(NEW))
+    BlobStore(here.hub.data_dir / "blobs").path(published["sha256"]).write_bytes(impostor)
+
+
+def _serve_an_expired_timestamp(here: Site, published: dict[str, Any]) -> None:
+    """A timestamp the hub's key signed two days ago, newer than any the device has seen,
+    served instead of today's: the device would stay frozen in the past."""
+    catalog = catalog_dir(here.hub.data_dir)
+    timestamp = _published(catalog)["timestamp"]
+    timestamp.signed.version += 1
+    timestamp.signed.expires = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    _write(catalog, timestamp, _hub_key(catalog, "timestamp"))
+
+
+def _sign_the_targets_as_a_stranger(here: Site, published: dict[str, Any]) -> None:
+    """The same targets (NEW in them) signed by a key the root does not list; snapshot
+    and timestamp name them and carry the hub's valid signatures."""
+    catalog = catalog_dir(here.hub.data_dir)
+    chain = _published(catalog)
+    targets, snapshot, timestamp = chain["targets"], chain["snapshot"], chain["timestamp"]
+    targets.signed.version += 1
+    _write(catalog, targets, CryptoSigner.generate_ed25519())
+    snapshot.signed.version += 1
+    snapshot.signed.meta["targets.json"] = MetaFile(targets.signed.version)
+    _write(catalog, snapshot, _hub_key(catalog, "snapshot"))
+    timestamp.signed.version += 1
+    timestamp.signed.snapshot_meta = MetaFile(snapshot.signed.version)
+    _write(catalog, timestamp, _hub_key(catalog, "timestamp"))
+
+
+@pytest.mark.parametrize(
+    ("attack", "reason"),
+    [
+        (_tamper_with_the_bundle, "length or sha256 differs from the signed metadata"),
+        (_serve_an_expired_timestamp, "expired"),
+        (_sign_the_targets_as_a_stranger, "not signed by enough trusted keys"),
+    ],
+    ids=["tampered-bundle", "expired-timestamp", "targets-by-an-unknown-key"],
+)
+def test_an_update_from_tampered_hub_files_is_refused(
+    start_proc: StartProc,
+    tmp_path: Path,
+    mosquitto_bin: str,
+    attack: Callable[[Site, dict[str, Any]], None],
+    reason: str,
 ) -> None:
     with site(start_proc, tmp_path) as here:
-        published = here.releases.publish(here.api, NEW)
-        impostor = _same_size_impostor(here.releases, here.releases.bundle(NEW))
-        # Same length, other bytes: only the signed sha256 tells them apart.
-        BlobStore(here.hub.data_dir / "blobs").path(published["sha256"]).write_bytes(impostor)
-
+        attack(here, here.releases.publish(here.api, NEW))
         here.want(NEW)
-        report = here.refusal("length or sha256 differs from the signed metadata")
-        here.assert_old_version_kept(report)
+        here.assert_old_version_kept(here.refusal(reason))
+
+
+# -- a catalog restored from an old backup ------------------------------------------------
 
 
 def test_a_catalog_rolled_back_to_an_older_backup_is_refused(
@@ -191,47 +236,4 @@ def test_a_catalog_rolled_back_to_an_older_backup_is_refused(
         hub.wait_online([here.agent.device_id])
 
         here.want(NEW)
-        report = here.refusal("rolled back to an older version")
-        here.assert_old_version_kept(report)
-
-
-def test_an_expired_timestamp_is_refused(
-    start_proc: StartProc, tmp_path: Path, mosquitto_bin: str
-) -> None:
-    with site(start_proc, tmp_path) as here:
-        here.releases.publish(here.api, NEW)
-        catalog = catalog_dir(here.hub.data_dir)
-        # A timestamp the hub signed two days ago, newer than any the device has seen,
-        # served instead of today's: the device would stay frozen in the past.
-        timestamp = _published(catalog)["timestamp"]
-        timestamp.signed.version += 1
-        timestamp.signed.expires = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-        _write(catalog, timestamp, _hub_key(catalog, "timestamp"))
-
-        here.want(NEW)
-        report = here.refusal("expired")
-        here.assert_old_version_kept(report)
-
-
-def test_targets_signed_by_a_key_the_root_does_not_list_are_refused(
-    start_proc: StartProc, tmp_path: Path, mosquitto_bin: str
-) -> None:
-    with site(start_proc, tmp_path) as here:
-        here.releases.publish(here.api, NEW)
-        catalog = catalog_dir(here.hub.data_dir)
-        chain = _published(catalog)
-        # The same targets (NEW in them), signed by a stranger; snapshot and timestamp
-        # name them and carry the hub's valid signatures.
-        targets, snapshot, timestamp = chain["targets"], chain["snapshot"], chain["timestamp"]
-        targets.signed.version += 1
-        _write(catalog, targets, CryptoSigner.generate_ed25519())
-        snapshot.signed.version += 1
-        snapshot.signed.meta["targets.json"] = MetaFile(targets.signed.version)
-        _write(catalog, snapshot, _hub_key(catalog, "snapshot"))
-        timestamp.signed.version += 1
-        timestamp.signed.snapshot_meta = MetaFile(snapshot.signed.version)
-        _write(catalog, timestamp, _hub_key(catalog, "timestamp"))
-
-        here.want(NEW)
-        report = here.refusal("not signed by enough trusted keys")
-        here.assert_old_version_kept(report)
+        here.assert_old_version_kept(here.refusal("rolled back to an older version"))
