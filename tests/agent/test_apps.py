@@ -328,6 +328,20 @@ def test_not_healthy_by_the_deadline_is_rolled_back() -> None:
     assert "not healthy 11s after the switch" in said[1]
 
 
+def test_a_hiccup_after_the_deadline_is_no_rollback_once_it_ran_healthy() -> None:
+    said = judge_all(
+        new_watch(),
+        [
+            (3.0, AppState.RUNNING),
+            (12.0, AppState.UNHEALTHY),
+            (13.0, AppState.STARTING),
+            (14.0, AppState.RUNNING),
+            (24.5, AppState.RUNNING),
+        ],
+    )
+    assert said == ["watching"] * 4 + ["proven"]
+
+
 def test_running_at_the_deadline_is_given_its_time() -> None:
     said = judge_all(new_watch(), [(10.5, AppState.RUNNING), (11.5, AppState.RUNNING)])
     assert said == ["watching", "watching"]

@@ -18,8 +18,10 @@ processes, no clock of its own. ``roost.agent.apps`` is the shell that feeds it.
   * has been unhealthy for ``retries * interval`` seconds: its check failed ``retries``
     more times after the supervisor already called it unhealthy (which itself only
     happens after the health grace and ``retries`` failures in a row);
-  * is still not running healthy ``grace + 2 * retries * (interval + timeout)`` seconds
+  * has not once run healthy ``grace + 2 * retries * (interval + timeout)`` seconds
     after the switch (without a health check: ``crash_loop_window + stable_after``).
+    Once it has, a later restart or a failed probe does not bring the deadline back:
+    only the two rules above judge it then, so a passing hiccup is not a rollback.
 
   A version has proven itself once it ran healthy for ``max(stable_after,
   retries * interval)`` seconds in one go; from then on it is reported like any app, and
@@ -155,6 +157,8 @@ class Watch:
     unhealthy_for_s: float | None
     healthy_since: float | None = None
     unhealthy_since: float | None = None
+    # It ran healthy at least once: the deadline no longer applies.
+    seen_healthy: bool = False
 
 
 def watch(
@@ -200,7 +204,7 @@ def judge(w: Watch, status: AppStatus | None, now: float) -> Verdict:
         since = w.healthy_since if w.healthy_since is not None else now
         if now - since >= w.proven_after_s:
             return Verdict(None)
-        return Verdict(replace(w, healthy_since=since, unhealthy_since=None))
+        return Verdict(replace(w, healthy_since=since, unhealthy_since=None, seen_healthy=True))
     if state is AppState.UNHEALTHY:
         since = w.unhealthy_since if w.unhealthy_since is not None else now
         if w.unhealthy_for_s is not None and now - since >= w.unhealthy_for_s:
@@ -208,6 +212,6 @@ def judge(w: Watch, status: AppStatus | None, now: float) -> Verdict:
         w = replace(w, healthy_since=None, unhealthy_since=since)
     else:
         w = replace(w, healthy_since=None, unhealthy_since=None)
-    if now - w.switched_at >= w.deadline_s:
+    if not w.seen_healthy and now - w.switched_at >= w.deadline_s:
         return Verdict(None, f"{w.version} was not healthy {w.deadline_s:.0f}s after the switch")
     return Verdict(w)
