@@ -120,7 +120,8 @@ def ls(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     from rich.table import Table
 
     table = Table(title=f"{len(rollouts)} rollout(s)")
-    for column in ("ID", "RELEASE", "TO", "STATUS", "WAVES", "DEVICES", "CREATED"):
+    table.add_column("ID", no_wrap=True, min_width=18)  # ids are for copying: never cut
+    for column in ("RELEASE", "TO", "STATUS", "WAVES", "DEVICES", "CREATED"):
         table.add_column(column)
     for r in rollouts:
         passed = sum(1 for w in r["waves"] if w["status"] == "passed")
