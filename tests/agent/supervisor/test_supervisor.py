@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,10 @@ from roost.agent.supervisor import (
     Supervisor,
 )
 
-from .conftest import QUICK, alive, py_spec, until
+from .conftest import PYTHON, QUICK, alive, py_spec, until
+
+# The test's own interpreter (the venv's, with roost importable) plays the agent.
+PYTHON_OF_TESTS = sys.executable
 
 SLEEPER = "import time; print('up', flush=True); time.sleep(60)"
 # Starts a grandchild in its own session (escaping the process group) and sleeps.
@@ -186,3 +190,39 @@ async def test_output_is_rotated_and_tailed(tmp_path: Path) -> None:
     names = sorted(p.name for p in (tmp_path / "logs").iterdir())
     assert names == ["chatty.log", "chatty.log.1", "chatty.log.2"]
     assert all(p.stat().st_size <= 4096 for p in (tmp_path / "logs").iterdir())
+
+
+# A stand-in agent: runs one app under a plain supervisor, says the app's pid, waits.
+AGENT = """\
+import asyncio, sys
+from pathlib import Path
+from roost.agent.supervisor import Capabilities, RunSpec, Supervisor
+
+async def main() -> None:
+    spec = RunSpec(name="app", version="1", command=(sys.argv[1], "-c", sys.argv[2]),
+                   app_dir=Path(sys.argv[3]), log_dir=Path(sys.argv[3]))
+    async with Supervisor(capabilities=Capabilities()) as sup:
+        await sup.apply({"app": spec})
+        while sup.states()["app"].pid is None:
+            await asyncio.sleep(0.01)
+        print(sup.states()["app"].pid, flush=True)
+        await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_an_app_dies_with_an_agent_killed_outright(tmp_path: Path) -> None:
+    """No app outlives its agent (it would hold its port against the next one)."""
+    quiet = "import time; time.sleep(60)"  # no output: a broken pipe does not end it
+    agent = await asyncio.create_subprocess_exec(
+        PYTHON_OF_TESTS, "-c", AGENT, PYTHON, quiet, str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert agent.stdout is not None
+    app_pid = int(await asyncio.wait_for(agent.stdout.readline(), 20))
+    cmdline = Path(f"/proc/{app_pid}/cmdline")
+    await until(lambda: quiet.encode() in cmdline.read_bytes())  # the shim has exec'd
+    agent.kill()
+    await agent.wait()
+    await until(lambda: not alive(app_pid), timeout=5)

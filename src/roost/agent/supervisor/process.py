@@ -1,8 +1,9 @@
 """Starting and stopping one app's processes: the shell around ``isolation.plan_launch``.
 
 ``spawn`` makes the app's cgroup, writes its limits, and starts a tiny exec shim (Python
-with ``-I -S``, the standard library only) in a new session. The shim writes its own pid
-into the cgroup and sets the rlimits, then execs the planned command, so no app code runs
+with ``-I -S``, the standard library only) in a new session. The shim asks the kernel to
+kill it when the agent dies, writes its own pid into the cgroup and sets the rlimits, then
+execs the planned command, so no app code runs
 outside its limits, and no Python code runs between fork and exec in the agent itself
 (which ``preexec_fn`` would do, unsafe with threads). A shim that cannot confine the app
 fails with a traceback in the app's log instead of running it unconfined.
@@ -26,8 +27,13 @@ from roost.agent.supervisor.isolation import CgroupPlan, Launch
 from roost.errors import AppError
 
 _SHIM = """\
-import json, os, resource, sys
-plan = json.loads(sys.argv[1])
+import ctypes, json, os, resource, sys
+# Die with the agent (PR_SET_PDEATHSIG = 1, SIGKILL): an agent killed outright must not
+# leave its apps holding their ports; the agent that starts next starts them again.
+ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)
+if os.getppid() != int(sys.argv[1].partition("#")[0]):
+    sys.exit(125)  # the agent died before the line above took effect
+plan = json.loads(sys.argv[1].partition("#")[2])
 for procs in plan["procs"]:
     with open(procs, "w") as f:
         f.write(str(os.getpid()))
@@ -46,7 +52,7 @@ def shim_argv(launch: Launch) -> tuple[str, ...]:
     """The command line that enters the cgroup, sets rlimits and execs the app."""
     procs = [str(d / "cgroup.procs") for d in launch.cgroup.dirs] if launch.cgroup else []
     plan = json.dumps({"procs": procs, "rlimits": [list(r) for r in launch.rlimits]})
-    return (sys.executable, "-I", "-S", "-c", _SHIM, plan, *launch.argv)
+    return (sys.executable, "-I", "-S", "-c", _SHIM, f"{os.getpid()}#{plan}", *launch.argv)
 
 
 def prepare_cgroup(plan: CgroupPlan) -> None:
