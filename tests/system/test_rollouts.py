@@ -57,6 +57,11 @@ def publish(config: Path, root: Path, version: str, check: str) -> None:
     ok(config, "app", "publish", str(root / "bundles" / f"ticker-{version}.tar.gz"))
 
 
+def deploy(version: str, *options: str) -> tuple[str, ...]:
+    """``roost deploy`` of a ticker release to the routers: a canary, then the rest."""
+    return ("deploy", f"ticker@{version}", "--to", "role=router", "--waves", "1,100%", *options)
+
+
 def ticker(api: Any, device_id: str) -> dict[str, Any]:
     entry: dict[str, Any] = (api.twin(device_id)["reported"].get("apps") or {}).get("ticker", {})
     return entry
@@ -82,8 +87,7 @@ def test_a_release_rolls_out_in_waves_halts_when_bad_and_survives_a_hub_restart(
     publish(config, tmp_path, "1.2.0", "/usr/bin/false")
 
     # A good release reaches every device, canary first; --wait follows it to the end.
-    out = ok(config, "deploy", "ticker@1.0.0", "--to", "role=router", "--waves", "1,100%",
-             "--soak", "1s", "--wait")  # fmt: skip
+    out = ok(config, *deploy("1.0.0", "--soak", "1s", "--wait"))
     assert "canary" in out
     api = hub.client()
     wait_for(lambda: runs(api, devices, "1.0.0"), timeout=60, what="1.0.0 on every device")
@@ -91,8 +95,7 @@ def test_a_release_rolls_out_in_waves_halts_when_bad_and_survives_a_hub_restart(
     # A release whose health check fails halts at the canary, which goes back to 1.0.0;
     # no other device is ever told about it.
     before = {d: api.twin(d)["desired_version"] for d in devices}
-    bad = cli(config, "deploy", "ticker@1.2.0", "--to", "role=router", "--waves", "1,100%",
-              "--soak", "1s", "--deadline", "20s", "--wait")  # fmt: skip
+    bad = cli(config, *deploy("1.2.0", "--soak", "1s", "--deadline", "20s", "--wait"))
     assert bad.returncode != 0
     assert "halted" in bad.stderr
     (halted,) = [r for r in api.rollouts() if r["version"] == "1.2.0"]
@@ -107,10 +110,7 @@ def test_a_release_rolls_out_in_waves_halts_when_bad_and_survives_a_hub_restart(
         assert api.twin(device)["desired"]["apps"]["ticker"] == {"version": "1.0.0"}
 
     # The hub restarts while 1.1.0 soaks on the canary; the rollout resumes and finishes.
-    started = json.loads(
-        ok(config, "deploy", "ticker@1.1.0", "--to", "role=router", "--waves", "1,100%",
-           "--soak", "4s", "--json")  # fmt: skip
-    )
+    started = json.loads(ok(config, *deploy("1.1.0", "--soak", "4s", "--json")))
     rollout_id = started["id"]
     wait_for(
         lambda: any(ticker(api, d).get("version") == "1.1.0" for d in devices),
@@ -135,8 +135,6 @@ def test_a_release_rolls_out_in_waves_halts_when_bad_and_survives_a_hub_restart(
     # Undeploy takes the app off every device it reached.
     assert "4 device(s)" in ok(config, "undeploy", "ticker")
     everyone = [*devices, late.device_id]
-    wait_for(
-        lambda: all(not ticker(api, d) for d in everyone), timeout=60, what="ticker removed"
-    )
+    wait_for(lambda: all(not ticker(api, d) for d in everyone), timeout=60, what="ticker removed")
     assert api.deployments() == []
     api.close()
