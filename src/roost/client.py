@@ -219,6 +219,19 @@ class RoostClient:
         headers = {"content-type": "application/gzip"}
         return self._call("POST", "/v1/apps", timeout=600, content=chunks(), headers=headers)
 
+    def catalog_root_key(self) -> bytes:
+        """The tenant's catalog root key (PEM), to keep offline."""
+        try:
+            response = self._http.get("/v1/catalog/root-key")
+        except httpx.TransportError as err:
+            raise HubUnreachableError(self.config.hub_url, str(err) or type(err).__name__) from err
+        _raise_for(response)
+        return response.content
+
+    def remove_catalog_root_key(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", "/v1/catalog/root-key")
+        return result
+
     def apps(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._call("GET", "/v1/apps")
         return result

@@ -284,13 +284,19 @@ class TenantRepository:
 
     # -- keys ------------------------------------------------------------------------
 
-    def export_root_key(self, dest: Path) -> None:
-        """Copy the root private key to ``dest`` (mode 0600), e.g. removable media."""
-        with self._lock, _translated(f"export the root key to {dest}"):
+    def root_key(self) -> bytes:
+        """The root private key as stored on the hub, for an operator to keep offline."""
+        with self._lock, _translated("read the root key"):
             path = self._root_key_path()
             if not path.is_file():
                 raise CatalogError("the root key of this catalog is offline already")
-            write_private(dest, path.read_bytes())
+            return path.read_bytes()
+
+    def export_root_key(self, dest: Path) -> None:
+        """Copy the root private key to ``dest`` (mode 0600), e.g. removable media."""
+        key = self.root_key()
+        with _translated(f"export the root key to {dest}"):
+            write_private(dest, key)
 
     def remove_root_key(self) -> None:
         """Delete the root private key from the hub; export it first."""

@@ -139,6 +139,23 @@ async def show_app(name: str, principal: PrincipalDep, hub: HubDep) -> AppView:
     return await run_in_threadpool(run)
 
 
+@router.get("/catalog/root-key", tags=["apps"])
+async def export_root_key(principal: PrincipalDep, hub: HubDep) -> Response:
+    """The tenant's catalog root key (PEM), to keep offline; then DELETE it from the hub."""
+    repository = hub.catalog.tenant(principal.tenant_id)
+    key = await run_in_threadpool(repository.root_key)
+    return Response(key, media_type="application/x-pem-file")
+
+
+@router.delete("/catalog/root-key", tags=["apps"])
+async def remove_root_key(principal: PrincipalDep, hub: HubDep) -> dict[str, bool]:
+    """Delete the root key from the hub; rotating keys or re-signing the root then needs
+    the offline copy. Export it first."""
+    repository = hub.catalog.tenant(principal.tenant_id)
+    await run_in_threadpool(repository.remove_root_key)
+    return {"root_key_online": False}
+
+
 # -- TUF, for devices -------------------------------------------------------------------
 
 

@@ -100,6 +100,28 @@ def show(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         print(f"{device_id}: {state.get('version', '?')} {state.get('state', '')}".rstrip())
 
 
+@apps_app.command("root-key")
+def root_key(
+    out: Annotated[Path, typer.Option(help="where the key goes (e.g. removable media)")],
+    remove: Annotated[
+        bool, typer.Option(help="then delete it from the hub (keep the copy safe!)")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Export the catalog's root signing key, to keep it offline."""
+    from roost.atomic import write_private
+    from roost.errors import ValidationError
+
+    if out.exists():
+        raise ValidationError(f"{out} exists; the root key is never written over a file")
+    with connect(config) as client:
+        write_private(out, client.catalog_root_key())
+        print(f"root key written to {out} (mode 0600)")
+        if remove:
+            client.remove_catalog_root_key()
+            print("root key removed from the hub; root re-signing and key rotation need it")
+
+
 @apps_app.command("logs")
 def logs(
     device: Annotated[str, typer.Argument(help="the device's id")],
