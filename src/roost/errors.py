@@ -32,7 +32,9 @@ prints ``str(error)`` as one line and exits non-zero, the API maps ``status`` to
     │   └── UpdateRefusedError   verification refused them: tampered, rolled back,
     │                            expired, signed by an unknown key
     ├── AppError                 an app could not be started or supervised on a device
-    └── RolloutError             a rollout halted or was aborted (``roost deploy --wait``)
+    ├── RolloutError             a rollout halted or was aborted (``roost deploy --wait``)
+    └── RuleError                a rules file that is refused: each problem named by its
+                                 path and position (``rules[0].actions[1].kind``)
 """
 
 from __future__ import annotations
@@ -159,3 +161,13 @@ class AppError(RoostError):
 
 class RolloutError(RoostError):
     status = 409
+
+
+class RuleError(RoostError):
+    """A rules file that is refused; ``problems`` holds each problem's lines (with a caret)."""
+
+    status = 422
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
