@@ -97,8 +97,8 @@ def test_a_published_app_runs_on_the_device_and_is_replaced_and_removed(
         assert app["isolation"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5) as r:
             assert r.read().decode() == "hello from 1.0.0\n"
-        logs = api.command(agent.device_id, "app-logs", {"app": "hello", "lines": 20}, timeout=10)
-        assert any("GET /index.html" in line for line in logs["result"]["lines"])
+        logs = roost(config, "app", "logs", agent.device_id, "hello", "-n", "20")
+        assert "GET /index.html" in logs
         shown = api.app("hello")
         assert [r["version"] for r in shown["releases"]] == ["1.0.0"]
         assert shown["devices"][agent.device_id]["version"] == "1.0.0"
