@@ -33,8 +33,16 @@ prints ``str(error)`` as one line and exits non-zero, the API maps ``status`` to
     │                            expired, signed by an unknown key
     ├── AppError                 an app could not be started or supervised on a device
     ├── RolloutError             a rollout halted or was aborted (``roost deploy --wait``)
-    └── RuleError                a rules file that is refused: each problem named by its
-                                 path and position (``rules[0].actions[1].kind``)
+    ├── RuleError                a rules file that is refused: each problem named by its
+    │                            path and position (``rules[0].actions[1].kind``)
+    └── StorageError             objects stored across the devices
+        ├── StorageBackendError  the erasure-coding library or its ISA-L backend is missing
+        │                        (names the package to install)
+        ├── ManifestError        a malformed manifest, or one whose root hash does not match
+        ├── ShareCorruptError    a share whose BLAKE3 hash is not the manifest's (names it)
+        ├── NotEnoughSharesError fewer than k good shares of a segment (names the missing)
+        ├── DecryptionError      verified shares that do not open with the data key
+        └── PlacementError       too few devices for the code, or a code that cannot fit
 """
 
 from __future__ import annotations
@@ -171,3 +179,76 @@ class RuleError(RoostError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class StorageError(RoostError):
+    status = 500
+
+
+class StorageBackendError(StorageError):
+    """pyeclib, liberasurecode or ISA-L cannot be loaded; the message names the package."""
+
+
+class ManifestError(StorageError):
+    """A manifest that is malformed, or whose root hash does not cover what it says."""
+
+
+def _indices(indices: tuple[int, ...]) -> str:
+    return ", ".join(str(i) for i in indices)
+
+
+class ShareCorruptError(StorageError):
+    status = 502
+
+    def __init__(self, segment: int, index: int, reason: str = "") -> None:
+        why = reason or "its BLAKE3 hash does not match the manifest"
+        super().__init__(f"share {index} of segment {segment} is corrupt: {why}")
+        self.segment = segment
+        self.index = index
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[int, int, str]]:  # across the codec's processes
+        return type(self), (self.segment, self.index, self.reason)
+
+
+class NotEnoughSharesError(StorageError):
+    status = 503
+
+    def __init__(
+        self,
+        segment: int,
+        k: int,
+        have: tuple[int, ...],
+        missing: tuple[int, ...],
+        corrupt: tuple[int, ...] = (),
+    ) -> None:
+        text = f"segment {segment} has {len(have)} good shares of the {k} it needs"
+        if missing:
+            text += f"; missing share{'s' if len(missing) > 1 else ''} {_indices(missing)}"
+        if corrupt:
+            text += f"; corrupt share{'s' if len(corrupt) > 1 else ''} {_indices(corrupt)}"
+        super().__init__(text)
+        self.segment = segment
+        self.k = k
+        self.have = have
+        self.missing = missing
+        self.corrupt = corrupt
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return type(self), (self.segment, self.k, self.have, self.missing, self.corrupt)
+
+
+class DecryptionError(StorageError):
+    def __init__(self, segment: int) -> None:
+        super().__init__(
+            f"segment {segment} does not open with this data key: the key belongs to "
+            "another object, or the manifest and its shares were altered together"
+        )
+        self.segment = segment
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:
+        return type(self), (self.segment,)
+
+
+class PlacementError(StorageError):
+    status = 507

@@ -1,0 +1,34 @@
+"""Storage across the devices: objects sealed, erasure-coded into shares and placed.
+
+The pure parts live here: the codec (``Encoder``, ``Decoder``, ``rebuild_shares``,
+``verify_share``), its ``Manifest``, the ``CodecPool`` that runs the codec in worker
+processes, and the placement core (``place``, ``default_code``). See docs/storage.md.
+"""
+
+from roost.storage.codec import (
+    CodecParams,
+    DecodedSegment,
+    Decoder,
+    EncodedSegment,
+    Encoder,
+    Share,
+    rebuild_shares,
+    verify_share,
+)
+from roost.storage.manifest import Manifest, SegmentEntry, share_hash
+from roost.storage.pool import CodecPool
+
+__all__ = [
+    "CodecParams",
+    "CodecPool",
+    "DecodedSegment",
+    "Decoder",
+    "EncodedSegment",
+    "Encoder",
+    "Manifest",
+    "SegmentEntry",
+    "Share",
+    "rebuild_shares",
+    "share_hash",
+    "verify_share",
+]

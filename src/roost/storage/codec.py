@@ -1,0 +1,476 @@
+"""The storage codec: an object in, sealed and erasure-coded shares out, and back.
+
+Pure: no sockets, no files, no database, no clock. The only thing it takes from the
+world is randomness for each object's data key. The data path (hub and agents) moves
+the shares and keeps the manifest and the wrapped key; this module only transforms.
+
+An object is cut into segments of ``segment_size`` bytes (1 MiB by default; the last
+may be shorter, an empty object is one empty segment). Each segment is
+
+1. sealed with AES-256-GCM under the object's own random 256-bit data key, with the
+   nonce made from the segment's index and whether it is the last one (``nonce``);
+2. split into n shares, any k of which rebuild it: pyeclib's ``isa_l_rs_vand_inv``
+   (Reed-Solomon, MDS), or, for a *replicated* object, n whole copies (k = 1);
+3. hashed, share by share, with BLAKE3; the hashes go into the manifest.
+
+Nonces never repeat under a key. The key is drawn fresh for every ``Encoder`` (every
+put, a retried put included) and never leaves the encoder except to be wrapped, and
+within an object each (index, last) pair is sealed exactly once, so every nonce is used
+once per key. Repair rebuilds shares from shares (``rebuild_shares``) and never seals
+again; anything that must re-encrypt takes a new key. Putting the last-segment flag in
+the nonce (the STREAM construction) means a segment cut off the end, or moved, no longer
+opens. The 88-bit index cannot wrap.
+
+Small objects are replicated: an object below ``replica_below`` (64 KiB), or any object
+whose code has k = 1, is stored as n − k + 1 whole copies of its sealed segment, a
+"1-of-r" code (codec ``replica``). It survives as many lost devices as the k-of-n code
+would, a get needs one device instead of k, and no fragment headers pad a few bytes.
+
+``Encoder`` and ``Decoder`` are streaming and push-driven: feed chunks or segments,
+get back what is ready, in order. With a ``CodecPool`` the work runs in worker processes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from roost.errors import (
+    DecryptionError,
+    NotEnoughSharesError,
+    ShareCorruptError,
+    StorageError,
+    ValidationError,
+)
+from roost.storage.erasure import EC_TYPE, MAX_SHARES, driver
+from roost.storage.manifest import REPLICA, Manifest, SegmentEntry, share_hash
+
+if TYPE_CHECKING:
+    from roost.storage.pool import CodecPool, Job
+
+DEFAULT_SEGMENT_SIZE = 1 << 20
+REPLICA_BELOW = 64 << 10
+KEY_SIZE = 32
+TAG_SIZE = 16
+
+T = TypeVar("T")
+
+
+def nonce(segment: int, last: bool) -> bytes:
+    """The 96-bit GCM nonce of a segment: its index (88 bits) and the last-segment flag."""
+    return segment.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+@dataclass(frozen=True)
+class CodecParams:
+    """How objects are coded: k of n shares rebuild a segment of ``segment_size`` bytes."""
+
+    k: int
+    n: int
+    segment_size: int = DEFAULT_SEGMENT_SIZE
+    replica_below: int = REPLICA_BELOW
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k < self.n <= MAX_SHARES:
+            raise ValidationError(
+                f"a {self.k}-of-{self.n} code is impossible: need 1 <= k < n <= {MAX_SHARES}"
+            )
+        if not 4096 <= self.segment_size <= 64 << 20:
+            raise ValidationError(f"segment size {self.segment_size} is not in 4 KiB..64 MiB")
+        if not 0 <= self.replica_below <= self.segment_size:
+            raise ValidationError("the replication threshold must be within one segment")
+
+    def shape(self, object_size_below_threshold: bool) -> Shape:
+        """The code an object gets: erasure-coded, or whole copies when small or k = 1."""
+        if self.k == 1 or object_size_below_threshold:
+            return Shape(REPLICA, 1, self.n - self.k + 1)
+        return Shape(EC_TYPE, self.k, self.n)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The code one object actually has (what its manifest records)."""
+
+    codec: str
+    k: int
+    n: int
+
+
+@dataclass(frozen=True)
+class Share:
+    """Share ``index`` (0..n−1) of segment ``segment``: what one device stores."""
+
+    segment: int
+    index: int
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class EncodedSegment:
+    """A segment's n shares, by index, and what the manifest records of them."""
+
+    segment: int
+    shares: tuple[Share, ...]
+    entry: SegmentEntry
+
+
+@dataclass(frozen=True)
+class DecodedSegment:
+    """A segment's plaintext, and the shares that were handed in but did not verify."""
+
+    segment: int
+    plaintext: bytes = field(repr=False)
+    corrupt: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Opening:
+    """What a worker needs of the manifest to open one segment (not all of it)."""
+
+    shape: Shape
+    segment: int
+    last: bool
+    plain_size: int
+    entry: SegmentEntry
+
+
+def _seal(
+    key: bytes, shape: Shape, segment: int, last: bool, plain: bytes | memoryview
+) -> tuple[list[bytes], tuple[bytes, ...]]:
+    """Seal one segment and split it: its n pieces (a replica's are one object) and hashes."""
+    sealed = AESGCM(key).encrypt(nonce(segment, last), plain, None)
+    if shape.codec == REPLICA:
+        return [sealed] * shape.n, (share_hash(sealed),) * shape.n
+    pieces = driver(shape.k, shape.n - shape.k).encode(sealed)
+    return pieces, tuple(share_hash(p) for p in pieces)
+
+
+def seal_segment(
+    key: bytes, shape: Shape, segment: int, last: bool, plain: bytes | memoryview
+) -> EncodedSegment:
+    """Seal one segment of an object into its n hashed shares."""
+    pieces, hashes = _seal(key, shape, segment, last, plain)
+    shares = tuple(Share(segment, i, p) for i, p in enumerate(pieces))
+    return EncodedSegment(segment, shares, SegmentEntry(len(pieces[0]), hashes))
+
+
+def _verified(opening: _Opening, shares: Iterable[Share]) -> tuple[dict[int, bytes], list[int]]:
+    """The first k shares whose hashes match, by index, and the indices that did not."""
+    k, n, entry = opening.shape.k, opening.shape.n, opening.entry
+    good: dict[int, bytes] = {}
+    corrupt: list[int] = []
+    for share in shares:
+        if share.segment != opening.segment or not 0 <= share.index < n:
+            raise ShareCorruptError(share.segment, share.index, "not a share of this segment")
+        if share.index in good or share.index in corrupt:
+            continue
+        if share_hash(share.data) == entry.hashes[share.index]:
+            # pyeclib takes bytes only: any other buffer trips an assertion in C and aborts
+            # the process. bytes() of a bytes object is that object, no copy.
+            good[share.index] = bytes(share.data)
+            if len(good) == k:
+                break
+        else:
+            corrupt.append(share.index)
+    if len(good) < k:
+        missing = tuple(i for i in range(n) if i not in good and i not in corrupt)
+        raise NotEnoughSharesError(
+            opening.segment, k, tuple(sorted(good)), missing, tuple(sorted(corrupt))
+        )
+    return good, sorted(corrupt)
+
+
+def _unsealed(key: bytes, opening: _Opening, shares: Iterable[Share]) -> tuple[bytes, list[int]]:
+    """The sealed segment rebuilt from the first k good shares, and the corrupt ones."""
+    good, corrupt = _verified(opening, shares)
+    shape = opening.shape
+    if shape.codec == REPLICA:
+        return next(iter(good.values())), corrupt
+    return driver(shape.k, shape.n - shape.k).decode(list(good.values())), corrupt
+
+
+def open_segment(key: bytes, opening: _Opening, shares: Iterable[Share]) -> DecodedSegment:
+    """Verify shares, rebuild the sealed segment from k of them and open it."""
+    sealed, corrupt = _unsealed(key, opening, shares)
+    try:
+        plain = AESGCM(key).decrypt(nonce(opening.segment, opening.last), sealed, None)
+    except InvalidTag as err:
+        raise DecryptionError(opening.segment) from err
+    if len(plain) != opening.plain_size:
+        raise DecryptionError(opening.segment)
+    return DecodedSegment(opening.segment, plain, tuple(corrupt))
+
+
+# What a pool worker runs (roost.storage.pool): the same steps, reading the job's input
+# from the slot's inbox and writing its output to the outbox instead of returning it.
+
+
+def _seal_job(
+    inbox: memoryview,
+    outbox: memoryview,
+    key: bytes,
+    shape: Shape,
+    segment: int,
+    last: bool,
+    size: int,
+) -> tuple[int, tuple[bytes, ...]]:
+    with inbox[:size] as plain:
+        pieces, hashes = _seal(key, shape, segment, last, plain)
+    width = len(pieces[0])
+    for i, piece in enumerate(pieces[:1] if shape.codec == REPLICA else pieces):
+        outbox[i * width : (i + 1) * width] = piece
+    return width, hashes
+
+
+def _sealed_out(shape: Shape, segment: int, outbox: memoryview, answer: Any) -> EncodedSegment:
+    width, hashes = answer
+    if shape.codec == REPLICA:
+        pieces = [bytes(outbox[:width])] * shape.n
+    else:
+        pieces = [bytes(outbox[i * width : (i + 1) * width]) for i in range(shape.n)]
+    shares = tuple(Share(segment, i, p) for i, p in enumerate(pieces))
+    return EncodedSegment(segment, shares, SegmentEntry(width, hashes))
+
+
+def _open_job(
+    inbox: memoryview,
+    outbox: memoryview,
+    key: bytes,
+    opening: _Opening,
+    layout: tuple[tuple[int, int], ...],
+) -> tuple[int, ...]:
+    shares, offset = [], 0
+    for index, length in layout:
+        shares.append(Share(opening.segment, index, bytes(inbox[offset : offset + length])))
+        offset += length
+    sealed, corrupt = _unsealed(key, opening, shares)
+    if len(sealed) - TAG_SIZE != opening.plain_size:
+        raise DecryptionError(opening.segment)
+    with outbox[: opening.plain_size] as out:
+        try:
+            AESGCM(key).decrypt_into(nonce(opening.segment, opening.last), sealed, None, out)
+        except InvalidTag as err:
+            raise DecryptionError(opening.segment) from err
+    return tuple(corrupt)
+
+
+def _opened_out(opening: _Opening, outbox: memoryview, corrupt: Any) -> DecodedSegment:
+    return DecodedSegment(opening.segment, bytes(outbox[: opening.plain_size]), corrupt)
+
+
+WORKER_JOBS: dict[str, Callable[..., Any]] = {"seal": _seal_job, "open": _open_job}
+
+
+def _opening(manifest: Manifest, segment: int) -> _Opening:
+    return _Opening(
+        Shape(manifest.codec, manifest.k, manifest.n),
+        segment,
+        segment == manifest.segment_count - 1,
+        manifest.plain_size(segment),
+        manifest.segments[segment],
+    )
+
+
+def verify_share(manifest: Manifest, share: Share) -> None:
+    """Check one share against the manifest; a bad one is a ``ShareCorruptError`` naming it."""
+    if not 0 <= share.segment < manifest.segment_count or not 0 <= share.index < manifest.n:
+        raise ShareCorruptError(share.segment, share.index, "the manifest has no such share")
+    if share_hash(share.data) != manifest.share_hash(share.segment, share.index):
+        raise ShareCorruptError(share.segment, share.index)
+
+
+def rebuild_shares(
+    manifest: Manifest, segment: int, shares: Iterable[Share], wanted: Sequence[int]
+) -> tuple[Share, ...]:
+    """Rebuild shares ``wanted`` of ``segment`` from any k good ones, for repair.
+
+    Works on the sealed bytes only: no key, no new nonce. The rebuilt shares are byte for
+    byte the ones first made, so their hashes are the manifest's and it does not change.
+    """
+    opening = _opening(manifest, segment)
+    good, _ = _verified(opening, shares)
+    if manifest.codec == REPLICA:
+        pieces = [next(iter(good.values()))] * len(wanted)
+    else:
+        coder = driver(manifest.k, manifest.n - manifest.k)
+        pieces = coder.reconstruct(list(good.values()), list(wanted))
+    rebuilt = tuple(Share(segment, i, p) for i, p in zip(wanted, pieces, strict=True))
+    for share in rebuilt:
+        verify_share(manifest, share)
+    return rebuilt
+
+
+class _Now:
+    """A job run at once in this process."""
+
+    def __init__(self, value: object) -> None:
+        self._value = value
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> object:
+        return self._value
+
+
+class _Pipeline(Generic[T]):
+    """Jobs run in this process or in a ``CodecPool``; results come out in submission order.
+
+    At most ``pool.window`` jobs are in flight, so memory stays bounded however fast the
+    caller feeds.
+    """
+
+    def __init__(self, pool: CodecPool | None) -> None:
+        self.pool = pool
+        self._pending: deque[Job | _Now] = deque()
+
+    def add(self, job: Job | _Now) -> None:
+        self._pending.append(job)
+
+    def ready(self, drain: bool = False) -> list[T]:
+        """Results done at the front; waits while too many are in flight (or all, ``drain``)."""
+        window = 0 if drain or self.pool is None else self.pool.window
+        out: list[T] = []
+        while self._pending and (len(self._pending) > window or self._pending[0].done()):
+            out.append(cast(T, self._pending.popleft().result()))
+        return out
+
+
+class Encoder:
+    """One object in, in chunks; its encoded segments out, in order; then its manifest.
+
+    ``feed`` and ``finish`` return the segments that are ready. ``data_key`` is the
+    object's fresh key: wrap it and keep it with the manifest, and never reuse it.
+    """
+
+    def __init__(self, params: CodecParams, pool: CodecPool | None = None) -> None:
+        self.params = params
+        self.data_key = AESGCM.generate_key(bit_length=KEY_SIZE * 8)
+        self._buffer = bytearray()
+        self._size = 0
+        self._next = 0
+        self._shape: Shape | None = None
+        self._entries: list[SegmentEntry] = []
+        self._jobs: _Pipeline[EncodedSegment] = _Pipeline(pool)
+        self._manifest: Manifest | None = None
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.params!r}, segments={self._next})"
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> list[EncodedSegment]:
+        if self._manifest is not None:
+            raise StorageError("this object is already encoded; start a new Encoder")
+        self._buffer += chunk
+        self._size += len(chunk)
+        size = self.params.segment_size
+        # Cut a segment only once more bytes follow it: whether it is the last is in its nonce.
+        while len(self._buffer) > size:
+            self._seal(size, last=False)
+            del self._buffer[:size]
+        return self._take(self._jobs.ready())
+
+    def finish(self) -> list[EncodedSegment]:
+        """Seal the last segment, wait for every segment, and make the manifest."""
+        if self._manifest is not None:
+            return []
+        self._seal(len(self._buffer), last=True)
+        self._buffer = bytearray()
+        out = self._take(self._jobs.ready(drain=True))
+        assert self._shape is not None
+        self._manifest = Manifest.build(
+            self._shape.codec,
+            self._shape.k,
+            self._shape.n,
+            self.params.segment_size,
+            self._size,
+            tuple(self._entries),
+        )
+        return out
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            raise StorageError("the manifest is known once the encoder is finished")
+        return self._manifest
+
+    def _seal(self, size: int, last: bool) -> None:
+        """Seal the first ``size`` bytes of the buffer as the next segment (or hand them over)."""
+        if self._shape is None:
+            # The first segment decides: an object that ends below the threshold is copied.
+            self._shape = self.params.shape(last and self._size < self.params.replica_below)
+        shape, segment, key = self._shape, self._next, self.data_key
+        pool = self._jobs.pool
+        with memoryview(self._buffer) as whole, whole[:size] as plain:
+            if pool is None:
+                self._jobs.add(_Now(seal_segment(key, shape, segment, last, plain)))
+            else:
+                bound = shape.n * ((size + TAG_SIZE) // shape.k + 1024)
+                args = (key, shape, segment, last, size)
+                build = functools.partial(_sealed_out, shape, segment)
+                self._jobs.add(pool.submit("seal", [plain], bound, args, build))
+        self._next += 1
+
+    def _take(self, done: list[EncodedSegment]) -> list[EncodedSegment]:
+        self._entries.extend(s.entry for s in done)
+        return done
+
+
+class Decoder:
+    """One object's segments in, each as any k (or more) of its shares; plaintext out.
+
+    Feed the segments in order, 0 first. Each share is checked against the manifest's
+    hash; the first k that verify are used and the rest of a segment's shares are left
+    alone. Shares that did not verify are named in ``DecodedSegment.corrupt``; fewer than
+    k good ones is a ``NotEnoughSharesError`` naming the missing and the corrupt shares.
+    """
+
+    def __init__(self, manifest: Manifest, data_key: bytes, pool: CodecPool | None = None) -> None:
+        if len(data_key) != KEY_SIZE:
+            raise ValidationError(f"a data key is {KEY_SIZE} bytes, not {len(data_key)}")
+        self.manifest = manifest
+        self._key = data_key
+        self._next = 0
+        self._done = 0
+        self._jobs: _Pipeline[DecodedSegment] = _Pipeline(pool)
+
+    def __repr__(self) -> str:
+        return f"Decoder(segments={self._next}/{self.manifest.segment_count})"
+
+    def feed(self, segment: int, shares: Sequence[Share]) -> list[DecodedSegment]:
+        if segment != self._next or segment >= self.manifest.segment_count:
+            raise StorageError(
+                f"segment {segment} fed out of order: segment {self._next} of "
+                f"{self.manifest.segment_count} comes next"
+            )
+        opening = _opening(self.manifest, segment)
+        pool = self._jobs.pool
+        if pool is None:
+            self._jobs.add(_Now(open_segment(self._key, opening, shares)))
+        else:
+            layout = tuple((s.index, len(s.data)) for s in shares)
+            args = (self._key, opening, layout)
+            build = functools.partial(_opened_out, opening)
+            payload: list[bytes | memoryview] = [s.data for s in shares]
+            self._jobs.add(pool.submit("open", payload, opening.plain_size, args, build))
+        self._next += 1
+        return self._count(self._jobs.ready())
+
+    def finish(self) -> list[DecodedSegment]:
+        """Wait for every segment fed; all of the object's segments must have been."""
+        out = self._count(self._jobs.ready(drain=True))
+        if self._done != self.manifest.segment_count:
+            raise StorageError(
+                f"only {self._done} of the object's {self.manifest.segment_count} segments "
+                "were decoded"
+            )
+        return out
+
+    def _count(self, done: list[DecodedSegment]) -> list[DecodedSegment]:
+        self._done += len(done)
+        return done
