@@ -32,6 +32,7 @@ def test_demo_runs_and_cleans_up(mosquitto_bin: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "2 devices enrolled and online" in out
+    assert "hello@1.0.0 rolled out to 2 devices" in out
     assert out.count("online") >= 3  # the line above and one row per device
     root = re.search(r"files in (\S+)\)", out)
     assert root is not None

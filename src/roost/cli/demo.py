@@ -1,8 +1,9 @@
 """``roost demo``: a whole Roost on this machine, in a temporary directory.
 
 A hub (with its managed Mosquitto) and N real agents, each a separate process with its
-own data dir and labels. Waits until every device is online, shows the fleet, keeps the
-table fresh, and stops everything on Ctrl-C (or after ``--duration``).
+own data dir and labels. Waits until every device is online, publishes a small app and
+rolls it out in waves (unless ``--no-apps``), shows the fleet, keeps the table fresh, and
+stops everything on Ctrl-C (or after ``--duration``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,20 @@ from roost.client import RoostClient
 from roost.errors import RoostError
 
 SITES = ("home", "shop", "office", "lab")
+# The demo's app: says hello now and then; healthy as long as it runs.
+SAMPLE_APP = """\
+name = "hello"
+version = "1.0.0"
+description = "says hello every few seconds"
+command = ["/bin/sh", "-c", "while true; do echo hello from $(hostname); sleep 5; done"]
+
+[health]
+kind = "command"
+command = ["/bin/sh", "-c", "true"]
+interval = 2
+timeout = 2
+grace = 5
+"""
 ROLES = ("router", "nas", "gateway", "media")
 
 
@@ -103,6 +118,27 @@ class Demo:
                 time.sleep(0.3)
         raise RoostError(f"not every device came online in 60s; logs are in {self.root}")
 
+    def roll_out_sample_app(self, client: RoostClient) -> dict[str, Any]:
+        """Build, publish and roll out a small app to every device: canary, then the rest."""
+        from roost.apps.bundle import build_bundle
+        from roost.cli.rollouts import follow
+
+        source = self.root / "hello"
+        source.mkdir()
+        (source / "roost.toml").write_text(SAMPLE_APP)
+        with self.console.status("building and publishing the app hello@1.0.0…"):
+            built = build_bundle(source, self.root / "bundles")
+            client.publish_app(built.path)
+        self.console.print(
+            f"[bold]hello@1.0.0[/] published ({built.size} bytes, signed into the catalog); "
+            "rolling it out: one canary device, then the rest"
+        )
+        rollout = client.deploy("hello", "1.0.0", "demo=yes", waves=["1", "100%"], soak_s=2)
+        rollout = follow(client, rollout, self.console)
+        if rollout["status"] != "done":
+            raise RoostError(f"the sample rollout {rollout['status']}: {rollout['reason']}")
+        return rollout
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
@@ -117,7 +153,7 @@ class Demo:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def run_demo(devices: int, duration: float) -> None:
+def run_demo(devices: int, duration: float, apps: bool = True) -> None:
     from roost.cli.main import devices_table
 
     console = Console()
@@ -133,10 +169,14 @@ def run_demo(devices: int, duration: float) -> None:
         console.print(
             f"[green]{devices} devices enrolled and online in {time.monotonic() - started:.1f}s[/]"
         )
+        if apps:
+            rollout = demo.roll_out_sample_app(client)
+            console.print(f"[green]hello@1.0.0 rolled out to {rollout['devices']} devices[/]")
         config = demo.root / "hub" / "client.toml"
         console.print(
             f"try, in another terminal:\n  export ROOST_CONFIG={config}\n"
             f"  roost devices ls\n  roost cmd {fleet[0]['id']} ping\n"
+            f"  roost app logs {fleet[0]['id']} hello\n  roost rollout ls\n"
             "Ctrl-C stops everything."
         )
         end = time.monotonic() + duration if duration > 0 else float("inf")

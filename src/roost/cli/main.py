@@ -330,11 +330,12 @@ def events_ls(
 def demo(
     devices: Annotated[int, typer.Option(help="how many agents to start")] = 3,
     duration: Annotated[float, typer.Option(help="stop after this many seconds (0: Ctrl-C)")] = 0.0,
+    apps: Annotated[bool, typer.Option(help="publish a small app and roll it out")] = True,
 ) -> None:
     """A hub, its broker and N real agents on this machine; Ctrl-C stops everything."""
     from roost.cli.demo import run_demo
 
-    run_demo(devices, duration)
+    run_demo(devices, duration, apps)
 
 
 @app.command()

@@ -75,7 +75,7 @@ def deploy(
         rollout = client.deploy(name, version, to, **settings)
         if wait and not as_json:
             print(f"rollout {rollout['id']}: {name}@{version} to {to or 'all devices'}")
-            rollout = _follow(client, rollout)
+            rollout = follow(client, rollout)
     if as_json:
         print_json(rollout)
     elif not wait:
@@ -149,7 +149,7 @@ def show(
     with connect(config) as client:
         rollout = client.rollout(rollout_id, devices=devices)
         if watch and not as_json:
-            rollout = _follow(client, rollout)
+            rollout = follow(client, rollout)
         elif not as_json:
             _print_waves(rollout)
     if as_json:
@@ -216,15 +216,18 @@ def _print_waves(rollout: dict[str, Any]) -> None:
     console().print(_waves_table(rollout))
 
 
-def _follow(client: Any, rollout: dict[str, Any]) -> dict[str, Any]:
-    """Redraw the rollout's waves until it stops moving by itself."""
+def follow(client: Any, rollout: dict[str, Any], out: Any = None) -> dict[str, Any]:
+    """Redraw the rollout's waves (on ``out``, a rich Console) until it stops by itself."""
     from rich.live import Live
 
-    with Live(_waves_table(rollout), console=console(), auto_refresh=False) as live:
+    out = out or console()
+    with Live(_waves_table(rollout), console=out, auto_refresh=False) as live:
         while rollout["status"] not in FINAL:
             time.sleep(POLL_S)
             rollout = client.rollout(rollout["id"])
             live.update(_waves_table(rollout), refresh=True)
+    if not out.is_terminal:
+        out.line()  # Live ends its last frame with a newline only on a terminal
     return rollout
 
 
