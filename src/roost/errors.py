@@ -222,7 +222,8 @@ class NotEnoughSharesError(StorageError):
         missing: tuple[int, ...],
         corrupt: tuple[int, ...] = (),
     ) -> None:
-        text = f"segment {segment} has {len(have)} good shares of the {k} it needs"
+        text = f"segment {segment} has {len(have)} good share{'' if len(have) == 1 else 's'}"
+        text += f" of the {k} it needs"
         if missing:
             text += f"; missing share{'s' if len(missing) > 1 else ''} {_indices(missing)}"
         if corrupt:

@@ -21,8 +21,8 @@ again; anything that must re-encrypt takes a new key. Putting the last-segment f
 the nonce (the STREAM construction) means a segment cut off the end, or moved, no longer
 opens. The 88-bit index cannot wrap.
 
-Small objects are replicated: an object below ``replica_below`` (64 KiB), or any object
-whose code has k = 1, is stored as n − k + 1 whole copies of its sealed segment, a
+Small objects are replicated: an object below ``replica_below`` (64 KiB) that fits in
+one segment, or any object whose code has k = 1, is stored as n − k + 1 whole copies of its sealed segment, a
 "1-of-r" code (codec ``replica``). It survives as many lost devices as the k-of-n code
 would, a get needs one device instead of k, and no fragment headers pad a few bytes.
 
@@ -83,8 +83,8 @@ class CodecParams:
             )
         if not 4096 <= self.segment_size <= 64 << 20:
             raise ValidationError(f"segment size {self.segment_size} is not in 4 KiB..64 MiB")
-        if not 0 <= self.replica_below <= self.segment_size:
-            raise ValidationError("the replication threshold must be within one segment")
+        if self.replica_below < 0:
+            raise ValidationError("the replication threshold cannot be negative")
 
     def shape(self, object_size_below_threshold: bool) -> Shape:
         """The code an object gets: erasure-coded, or whole copies when small or k = 1."""

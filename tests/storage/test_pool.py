@@ -1,0 +1,115 @@
+"""The codec through a pool of worker processes: the same bytes as in this process, the
+same errors, several streams at once on one pool, and nothing left in /dev/shm after."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from roost.errors import NotEnoughSharesError, StorageError
+from roost.storage import CodecParams, CodecPool, Decoder, EncodedSegment, Encoder, Share
+
+SEGMENT = 64 << 10
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[CodecPool]:
+    with CodecPool(2) as started:
+        yield started
+
+
+def encode(
+    data: bytes, params: CodecParams, pool: CodecPool | None
+) -> tuple[Encoder, list[EncodedSegment]]:
+    encoder = Encoder(params, pool)
+    segments = []
+    for start in range(0, len(data), 10_000):
+        segments += encoder.feed(data[start : start + 10_000])
+    return encoder, segments + encoder.finish()
+
+
+def decode(encoder: Encoder, segments: list[EncodedSegment], pool: CodecPool | None) -> bytes:
+    decoder = Decoder(encoder.manifest, encoder.data_key, pool)
+    k = encoder.manifest.k
+    out = []
+    for segment in segments:
+        out += decoder.feed(segment.segment, segment.shares[-k:])
+    return b"".join(d.plaintext for d in out + decoder.finish())
+
+
+@pytest.mark.parametrize("size", [0, 1000, SEGMENT, 5 * SEGMENT + 17])
+def test_a_pool_codes_what_this_process_codes(pool: CodecPool, size: int) -> None:
+    data = os.urandom(size)
+    params = CodecParams(4, 8, segment_size=SEGMENT, replica_below=4096)
+    encoder, segments = encode(data, params, pool)
+    assert len(segments) == encoder.manifest.segment_count
+    assert decode(encoder, segments, None) == data  # pooled in, decoded here
+    assert decode(encoder, segments, pool) == data
+    for segment in segments:
+        for share in segment.shares:
+            assert (
+                encoder.manifest.share_hash(segment.segment, share.index)
+                == (segment.entry.hashes[share.index])
+            )
+
+
+def test_errors_come_back_from_the_workers_whole(pool: CodecPool) -> None:
+    data = os.urandom(3 * SEGMENT)
+    encoder, segments = encode(data, CodecParams(3, 6, segment_size=SEGMENT), pool)
+    bad = Share(1, 0, b"\x00" + segments[1].shares[0].data[1:])
+    decoder = Decoder(encoder.manifest, encoder.data_key, pool)
+    decoder.feed(0, segments[0].shares[:3])
+    decoder.feed(1, [bad, *segments[1].shares[1:4]])
+    decoder.feed(2, [segments[2].shares[5], Share(2, 4, segments[1].shares[4].data)])
+    with pytest.raises(NotEnoughSharesError) as caught:
+        decoder.finish()
+    error = caught.value
+    assert (error.segment, error.have, error.corrupt) == (2, (5,), (4,))
+    assert error.missing == (0, 1, 2, 3)
+    assert str(error) == (
+        "segment 2 has 1 good share of the 3 it needs; missing shares 0, 1, 2, 3; corrupt share 4"
+    )
+
+
+def test_a_corrupt_share_is_named_by_a_worker(pool: CodecPool) -> None:
+    data = os.urandom(2 * SEGMENT)
+    encoder, segments = encode(data, CodecParams(2, 4, segment_size=SEGMENT), pool)
+    decoder = Decoder(encoder.manifest, encoder.data_key, pool)
+    shares = list(segments[0].shares)
+    shares[2] = Share(0, 2, shares[2].data[:-1] + b"!")
+    out = decoder.feed(0, [shares[2], shares[3], shares[0]])
+    out += decoder.feed(1, segments[1].shares[:2]) + decoder.finish()
+    assert [d.corrupt for d in out] == [(2,), ()]
+    assert b"".join(d.plaintext for d in out) == data
+
+
+def test_streams_interleaved_on_one_pool_keep_their_own_results(pool: CodecPool) -> None:
+    small = CodecParams(2, 4, segment_size=4096)
+    big = CodecParams(8, 16, segment_size=SEGMENT)
+    a, b = Encoder(small, pool), Encoder(big, pool)
+    one, two = os.urandom(20 * 4096 + 3), os.urandom(6 * SEGMENT)
+    out_a: list[EncodedSegment] = []
+    out_b: list[EncodedSegment] = []
+    for i in range(20):
+        out_a += a.feed(one[i * 4096 : (i + 1) * 4096])
+        out_b += b.feed(two[i * len(two) // 20 : (i + 1) * len(two) // 20])
+    out_a += a.feed(one[20 * 4096 :]) + a.finish()
+    out_b += b.finish()
+    assert decode(a, out_a, pool) == one
+    assert decode(b, out_b, pool) == two
+
+
+def test_a_closed_pool_frees_its_buffers_and_refuses_work() -> None:
+    pool = CodecPool(1)
+    params = CodecParams(2, 4, segment_size=SEGMENT)
+    encoder, segments = encode(os.urandom(3 * SEGMENT), params, pool)
+    assert decode(encoder, segments, pool)
+    names = [shm.name for slot in pool._slots if slot for shm in (slot.inbox, slot.outbox)]
+    assert names
+    pool.close()
+    assert not [name for name in names if Path("/dev/shm", name.lstrip("/")).exists()]
+    with pytest.raises(StorageError, match="closed"):
+        Encoder(CodecParams(2, 4), pool).finish()
