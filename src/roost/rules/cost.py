@@ -86,7 +86,8 @@ def estimate(serialized: bytes) -> Estimate:
         return Estimate(cost, names, f"too large: {walk.nodes} nodes, at most {MAX_NODES}")
     if cost <= COST_LIMIT:
         return Estimate(cost, names)
-    reason, node = walk.culprit or ("it does too much work", 0)
+    loop = f"a loop does {total.per_iteration} steps for each of up to {SIZE:,} elements"
+    reason, node = walk.culprit or (loop if total.per_iteration else "too much work", 0)
     message = f"too costly: {reason} (estimated cost {cost:,}, limit {COST_LIMIT:,})"
     return Estimate(cost, names, message, positions.get(node, 0))
 

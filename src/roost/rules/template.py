@@ -73,7 +73,7 @@ def parse(text: str) -> Template | str:
         if "{{" in literal:
             raise TemplateProblem("'{{' without its closing '}}'", start + literal.index("{{") + 1)
         parts.append(literal)
-        paths.append(_path(match.group(1), match.start() + 3))
+        paths.append(_path(match.group(1), match.start() + 1))
         start = match.end()
     rest = text[start:]
     if "{{" in rest:
