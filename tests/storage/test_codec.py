@@ -35,13 +35,14 @@ from roost.storage import (
     verify_share,
 )
 from roost.storage.codec import REPLICA_BELOW, nonce
-from roost.storage.erasure import EC_TYPE, driver
+from roost.storage.erasure import CODECS, EC_TYPE, driver
 from roost.storage.manifest import REPLICA
 
 SEGMENT = 4096
 CODES = [(1, 3), (2, 4), (3, 6), (4, 8), (6, 12), (8, 16), (5, 7), (10, 12)]
 
 codes = st.sampled_from(CODES)
+erasure_codes = st.sampled_from(CODECS)
 # Sizes drawn evenly up to 3 segments and a bit (plain st.binary stays mostly small).
 objects = st.one_of(
     st.binary(max_size=64),
@@ -54,9 +55,10 @@ objects = st.one_of(
 
 
 def encode(
-    data: bytes, k: int, n: int, chunks: list[int] | None = None
+    data: bytes, k: int, n: int, chunks: list[int] | None = None, codec: str = EC_TYPE
 ) -> tuple[Encoder, list[EncodedSegment]]:
-    encoder = Encoder(CodecParams(k, n, segment_size=SEGMENT, replica_below=1024))
+    params = CodecParams(k, n, segment_size=SEGMENT, replica_below=1024, codec=codec)
+    encoder = Encoder(params)
     segments: list[EncodedSegment] = []
     start = 0
     for size in chunks or [len(data)]:
@@ -84,11 +86,11 @@ def flip(share: Share, bit: int) -> Share:
 
 
 @settings(max_examples=200)
-@given(objects, codes, st.data())
+@given(objects, codes, erasure_codes, st.data())
 def test_any_k_shares_rebuild_the_object(
-    data: bytes, code: tuple[int, int], draw: st.DataObject
+    data: bytes, code: tuple[int, int], codec: str, draw: st.DataObject
 ) -> None:
-    encoder, segments = encode(data, *code)
+    encoder, segments = encode(data, *code, codec=codec)
     manifest = encoder.manifest
     assert manifest.object_size == len(data)
     assert [s.segment for s in segments] == list(range(manifest.segment_count))
@@ -100,10 +102,12 @@ def test_any_k_shares_rebuild_the_object(
     assert decode(encoder, chosen) == data
 
 
-@settings(max_examples=40)
-@given(objects, codes, st.data())
-def test_k_minus_one_shares_do_not(data: bytes, code: tuple[int, int], draw: st.DataObject) -> None:
-    encoder, segments = encode(data, *code)
+@settings(max_examples=60)
+@given(objects, codes, erasure_codes, st.data())
+def test_k_minus_one_shares_do_not(
+    data: bytes, code: tuple[int, int], codec: str, draw: st.DataObject
+) -> None:
+    encoder, segments = encode(data, *code, codec=codec)
     manifest = encoder.manifest
     segment = segments[draw.draw(st.integers(0, len(segments) - 1))]
     indices = sorted(draw.draw(st.permutations(range(manifest.n)))[: manifest.k - 1])
@@ -116,10 +120,10 @@ def test_k_minus_one_shares_do_not(data: bytes, code: tuple[int, int], draw: st.
     assert (error.segment, error.have) == (segment.segment, tuple(indices))
     assert error.missing == tuple(i for i in range(manifest.n) if i not in indices)
     assert "\n" not in str(error)
-    if manifest.codec == EC_TYPE:
+    if manifest.codec in CODECS:
         # Not only our count: the erasure code itself cannot rebuild from k - 1 shares.
         with pytest.raises(ECDriverError):
-            driver(manifest.k, manifest.n - manifest.k).decode(
+            driver(manifest.k, manifest.n - manifest.k, codec).decode(
                 [segment.shares[i].data for i in indices]
             )
 
@@ -229,12 +233,12 @@ def test_the_manifest_checks_its_shape() -> None:
             dataclasses.replace(manifest, **change)
 
 
-@settings(max_examples=40)
-@given(objects, codes, st.data())
+@settings(max_examples=60)
+@given(objects, codes, erasure_codes, st.data())
 def test_repair_rebuilds_shares_byte_for_byte(
-    data: bytes, code: tuple[int, int], draw: st.DataObject
+    data: bytes, code: tuple[int, int], codec: str, draw: st.DataObject
 ) -> None:
-    encoder, segments = encode(data, *code)
+    encoder, segments = encode(data, *code, codec=codec)
     manifest = encoder.manifest
     segment = segments[-1]
     order = draw.draw(st.permutations(range(manifest.n)))
@@ -328,3 +332,5 @@ def test_an_encoder_is_used_once() -> None:
 def test_impossible_params_are_refused(k: int, n: int, segment_size: int, match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         CodecParams(k, n, segment_size=segment_size)
+    with pytest.raises(ValidationError, match="unknown erasure code 'zfec'"):
+        CodecParams(2, 4, codec="zfec")

@@ -10,7 +10,8 @@ may be shorter, an empty object is one empty segment). Each segment is
 1. sealed with AES-256-GCM under the object's own random 256-bit data key, with the
    nonce made from the segment's index and whether it is the last one (``nonce``);
 2. split into n shares, any k of which rebuild it: pyeclib's ``isa_l_rs_vand_inv``
-   (Reed-Solomon, MDS), or, for a *replicated* object, n whole copies (k = 1);
+   (Reed-Solomon, MDS; ``isa_l_rs_cauchy`` on request), or, for a *replicated* object,
+   n whole copies (k = 1);
 3. hashed, share by share, with BLAKE3; the hashes go into the manifest.
 
 Nonces never repeat under a key. The key is drawn fresh for every ``Encoder`` (every
@@ -22,9 +23,10 @@ the nonce (the STREAM construction) means a segment cut off the end, or moved, n
 opens. The 88-bit index cannot wrap.
 
 Small objects are replicated: an object below ``replica_below`` (64 KiB) that fits in
-one segment, or any object whose code has k = 1, is stored as n − k + 1 whole copies of its sealed segment, a
-"1-of-r" code (codec ``replica``). It survives as many lost devices as the k-of-n code
-would, a get needs one device instead of k, and no fragment headers pad a few bytes.
+one segment, or any object whose code has k = 1, is stored as n − k + 1 whole copies of
+its sealed segment, a "1-of-r" code (codec ``replica``). It survives as many lost
+devices as the k-of-n code would, a get needs one device instead of k, and no fragment
+headers pad a few bytes.
 
 ``Encoder`` and ``Decoder`` are streaming and push-driven: feed chunks or segments,
 get back what is ready, in order. With a ``CodecPool`` the work runs in worker processes.
@@ -48,7 +50,7 @@ from roost.errors import (
     StorageError,
     ValidationError,
 )
-from roost.storage.erasure import EC_TYPE, MAX_SHARES, driver
+from roost.storage.erasure import CODECS, EC_TYPE, MAX_SHARES, driver
 from roost.storage.manifest import REPLICA, Manifest, SegmentEntry, share_hash
 
 if TYPE_CHECKING:
@@ -75,8 +77,13 @@ class CodecParams:
     n: int
     segment_size: int = DEFAULT_SEGMENT_SIZE
     replica_below: int = REPLICA_BELOW
+    codec: str = EC_TYPE
 
     def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise ValidationError(
+                f"unknown erasure code {self.codec!r}; one of {', '.join(CODECS)}"
+            )
         if not 1 <= self.k < self.n <= MAX_SHARES:
             raise ValidationError(
                 f"a {self.k}-of-{self.n} code is impossible: need 1 <= k < n <= {MAX_SHARES}"
@@ -90,7 +97,7 @@ class CodecParams:
         """The code an object gets: erasure-coded, or whole copies when small or k = 1."""
         if self.k == 1 or object_size_below_threshold:
             return Shape(REPLICA, 1, self.n - self.k + 1)
-        return Shape(EC_TYPE, self.k, self.n)
+        return Shape(self.codec, self.k, self.n)
 
 
 @dataclass(frozen=True)
@@ -147,7 +154,7 @@ def _seal(
     sealed = AESGCM(key).encrypt(nonce(segment, last), plain, None)
     if shape.codec == REPLICA:
         return [sealed] * shape.n, (share_hash(sealed),) * shape.n
-    pieces = driver(shape.k, shape.n - shape.k).encode(sealed)
+    pieces = driver(shape.k, shape.n - shape.k, shape.codec).encode(sealed)
     return pieces, tuple(share_hash(p) for p in pieces)
 
 
@@ -192,7 +199,8 @@ def _unsealed(key: bytes, opening: _Opening, shares: Iterable[Share]) -> tuple[b
     shape = opening.shape
     if shape.codec == REPLICA:
         return next(iter(good.values())), corrupt
-    return driver(shape.k, shape.n - shape.k).decode(list(good.values())), corrupt
+    coder = driver(shape.k, shape.n - shape.k, shape.codec)
+    return coder.decode(list(good.values())), corrupt
 
 
 def open_segment(key: bytes, opening: _Opening, shares: Iterable[Share]) -> DecodedSegment:
@@ -298,7 +306,7 @@ def rebuild_shares(
     if manifest.codec == REPLICA:
         pieces = [next(iter(good.values()))] * len(wanted)
     else:
-        coder = driver(manifest.k, manifest.n - manifest.k)
+        coder = driver(manifest.k, manifest.n - manifest.k, manifest.codec)
         pieces = coder.reconstruct(list(good.values()), list(wanted))
     rebuilt = tuple(Share(segment, i, p) for i, p in zip(wanted, pieces, strict=True))
     for share in rebuilt:
@@ -428,6 +436,8 @@ class Decoder:
     hash; the first k that verify are used and the rest of a segment's shares are left
     alone. Shares that did not verify are named in ``DecodedSegment.corrupt``; fewer than
     k good ones is a ``NotEnoughSharesError`` naming the missing and the corrupt shares.
+    With a pool, a segment's error is raised by the ``feed`` or ``finish`` that collects
+    it, which may come after the ``feed`` of later segments.
     """
 
     def __init__(self, manifest: Manifest, data_key: bytes, pool: CodecPool | None = None) -> None:

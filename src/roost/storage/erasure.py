@@ -32,6 +32,10 @@ EC_TYPE = "isa_l_rs_vand_inv"
 """The backend Roost codes with: Reed-Solomon over a Vandermonde matrix made systematic by
 inversion, MDS for every k and m (plain ``isa_l_rs_vand`` is not beyond 4 parity shares)."""
 
+CODECS = (EC_TYPE, "isa_l_rs_cauchy")
+"""The erasure codes a manifest may name. Cauchy is MDS too, and is what a pyeclib built
+against an older liberasurecode (Debian 12 has 1.6.2; ``_vand_inv`` came in 1.7) offers."""
+
 MAX_SHARES = 32
 """liberasurecode's ISA-L backends take at most 32 fragments (k + m)."""
 
@@ -53,6 +57,26 @@ def _import_error(err: ImportError) -> StorageBackendError:
     return StorageBackendError(f"pyeclib is not installed (pip install pyeclib, {_INSTALL})")
 
 
+def _unavailable(ec_type: str) -> StorageBackendError:
+    from pyeclib.ec_iface import check_backend_available
+    from pyeclib_c import get_liberasurecode_version  # type: ignore[import-untyped]
+
+    family = ec_type.partition("_rs_")[0]
+    library, package = _PACKAGES.get(family, (ec_type, ec_type))
+    if family == "isa_l" and check_backend_available("isa_l_rs_vand"):
+        # ISA-L loads, so it is liberasurecode that does not know this backend.
+        number: int = get_liberasurecode_version()
+        version = f"{number >> 16}.{number >> 8 & 0xFF}.{number & 0xFF}"
+        return StorageBackendError(
+            f"pyeclib's liberasurecode {version} has no {ec_type} backend (new in 1.7): "
+            "install pyeclib's wheel (x86_64, aarch64) or code with isa_l_rs_cauchy"
+        )
+    return StorageBackendError(
+        f"pyeclib's erasure-coding backend {ec_type} is not available: {library} is "
+        f"missing (Debian: apt-get install {package}, {_INSTALL})"
+    )
+
+
 @functools.lru_cache(maxsize=64)
 def driver(k: int, m: int, ec_type: str = EC_TYPE) -> ECDriver:
     """A coder for ``k`` data and ``m`` parity fragments, one per process and shape."""
@@ -61,11 +85,7 @@ def driver(k: int, m: int, ec_type: str = EC_TYPE) -> ECDriver:
     except ImportError as err:
         raise _import_error(err) from err
     if not check_backend_available(ec_type):
-        library, package = _PACKAGES.get(ec_type.partition("_rs_")[0], (ec_type, ec_type))
-        raise StorageBackendError(
-            f"pyeclib's erasure-coding backend {ec_type} is not available: {library} is "
-            f"missing (Debian: apt-get install {package}, {_INSTALL})"
-        )
+        raise _unavailable(ec_type)
     try:
         return ECDriver(k=k, m=m, ec_type=ec_type)
     except ECDriverError as err:

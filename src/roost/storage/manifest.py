@@ -19,7 +19,7 @@ from typing import Any
 import blake3
 
 from roost.errors import ManifestError
-from roost.storage.erasure import EC_TYPE, MAX_SHARES
+from roost.storage.erasure import CODECS, MAX_SHARES
 
 FORMAT = 1
 CIPHER = "aes-256-gcm"
@@ -154,7 +154,7 @@ def _str(value: Any) -> str:
 
 def _check(m: Manifest) -> None:
     """The shape every manifest has, whoever made it."""
-    if m.codec not in (EC_TYPE, REPLICA):
+    if m.codec not in (*CODECS, REPLICA):
         raise ManifestError(f"unknown codec {m.codec!r} in the manifest")
     if not 1 <= m.k < m.n <= MAX_SHARES or (m.codec == REPLICA and m.k != 1):
         raise ManifestError(f"impossible code {m.codec} {m.k}-of-{m.n} in the manifest")

@@ -150,4 +150,3 @@ def _rank(
     node: StorageNode, sites: Counter[str], zones: Counter[str], score: float
 ) -> tuple[int, int, float, str]:
     return sites[node.site_key], zones[node.zone_key], -score, node.device_id
-
