@@ -2,7 +2,8 @@
 
 The pure parts live here: the codec (``Encoder``, ``Decoder``, ``rebuild_shares``,
 ``verify_share``), its ``Manifest``, the ``CodecPool`` that runs the codec in worker
-processes, and the placement core (``place``, ``default_code``). See docs/storage.md.
+processes, and the placement core (``place``, ``choose_code``, ``repair_threshold``).
+See docs/storage.md.
 """
 
 from roost.storage.codec import (
@@ -16,6 +17,13 @@ from roost.storage.codec import (
     verify_share,
 )
 from roost.storage.manifest import Manifest, SegmentEntry, share_hash
+from roost.storage.placement import (
+    StorageNode,
+    choose_code,
+    default_code,
+    place,
+    repair_threshold,
+)
 from roost.storage.pool import CodecPool
 
 __all__ = [
@@ -28,7 +36,12 @@ __all__ = [
     "Manifest",
     "SegmentEntry",
     "Share",
+    "StorageNode",
+    "choose_code",
+    "default_code",
+    "place",
     "rebuild_shares",
+    "repair_threshold",
     "share_hash",
     "verify_share",
 ]

@@ -8,11 +8,11 @@ job's small arguments and answer (sizes, hashes) are pickled. The caller's proce
 copies a segment in and its shares (or plaintext) out; everything else happens in the
 worker.
 
-Measured on the project's 2-core machine (``bench/storage_codec.py``, 64 MiB, 4-of-8):
-a ``ProcessPoolExecutor`` that pickles segments ran at ~350 MB/s against ~1,200 MB/s
-in-process; these shared slots bring a pool back to the in-process figure with one
-worker, and two workers on two cores lose to the copies and to each other. See
-docs/storage.md for the figures and for when the pool is worth it.
+Measured on the project's 2-core machine (``bench/storage_codec.py``, 4-of-8 encoding):
+a ``ProcessPoolExecutor`` that pickled segments ran at ~350 MB/s against ~1,100–1,300
+in-process; these shared slots bring one worker near that (~780–1,160), and two workers
+on two cores lose to the caller's copies and to each other (~650–1,110). So the codec
+runs in-process unless a pool is given; see docs/storage.md for when one is worth it.
 
 Workers are started with ``spawn``: the hub is an asyncio process with threads, and a
 forked copy of it could inherit a lock held by another thread. A pool is safe to share
