@@ -439,7 +439,16 @@ RULES = st.lists(
     st.fixed_dictionaries(
         {"trigger": TRIGGERS, "actions": st.just(ACTION)},
         optional={
-            "condition": st.sampled_from(["event.data.v > 2", "event.data.v % 2 == 0", "true"]),
+            "condition": st.sampled_from(
+                [
+                    "event.data.v > 2",
+                    "event.data.v % 2 == 0",
+                    "true",
+                    "event.data.v",  # not a bool
+                    "10 / (event.data.v - 2) > 3",  # fails when v is 2
+                    "event.data.missing > 1",  # always fails
+                ]
+            ),
             "window": st.fixed_dictionaries(
                 {"over": st.sampled_from(["3s", "10s"]), "threshold": st.just("count >= 2")},
                 optional={"kind": st.just("tumbling"), "group_by": st.just("event.subject")},

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from roost.rules import actions, expressions
 from roost.rules.actions import RenderedAction
 from roost.rules.expressions import EvalError
 from roost.rules.spec import Rule, Window
-from roost.rules.template import render_value
+from roost.rules.template import has_template, render_value
 from roost.rules.window import Limits, WindowState
 
 # Where the hub's and the devices' events come from (roost.events.store.HUB_SOURCE and
@@ -35,7 +35,6 @@ DEVICE_SOURCE = "roost://devices/"
 RULE_SOURCE = "roost://rules/"
 ROUTE_CACHE = 4096  # event types whose routes are remembered
 _TYPED = frozenset({actions.PAYLOAD})
-_TEXTUAL = frozenset({actions.TEXT, actions.TEXTS, actions.HEADERS})
 
 
 @dataclass(frozen=True)
@@ -72,9 +71,39 @@ def device_of(event: Mapping[str, Any]) -> str:
 
 
 def idempotency_key(event: Mapping[str, Any], rule_id: str, index: int) -> str:
-    """The same event, rule and action always give the same key."""
-    text = f"{event.get('source', '')}\n{event.get('id', '')}\n{rule_id}\n{index}"
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    """The same event, rule and action always give the same key (32 hex digits)."""
+    return f"{_firing_key(event, rule_id)}{index:02d}"
+
+
+def _firing_key(event: Mapping[str, Any], rule_id: str) -> str:
+    text = f"{event.get('source', '')}\n{event.get('id', '')}\n{rule_id}"
+    return hashlib.sha256(text.encode()).hexdigest()[:30]
+
+
+# How each field of an action is rendered: as is (None), as text (False), typed (True).
+_Plan = tuple[tuple[str, tuple[tuple[str, Any, bool | None], ...]], ...]
+
+
+def _plan(rule: Rule) -> _Plan:
+    plans = []
+    for action in rule.actions:
+        spec = actions.KINDS[action.kind]
+        fields = []
+        for name, raw in action.fields.items():
+            mode = spec[name].type in _TYPED if has_template(raw) else None
+            fields.append((name, raw, mode))
+        plans.append((action.kind, tuple(fields)))
+    return tuple(plans)
+
+
+@dataclass(frozen=True)
+class _Route:
+    """The rules one event type reaches, and their conditions compiled as one list."""
+
+    rules: tuple[Rule, ...]
+    batch: Any  # a CEL program giving [condition, ...], or None
+    # Each rule, its place in that list (None: no condition), whether it filters further.
+    entries: tuple[tuple[Rule, int | None, bool], ...]
 
 
 class Engine:
@@ -90,64 +119,103 @@ class Engine:
                     self._exact.setdefault(pattern.text, []).append(index)
             else:
                 self._patterns.append(index)
-        self._routes: dict[str, tuple[Rule, ...]] = {}
+        self._routes: dict[str, _Route] = {}
+        # Keyed by the rules themselves, so event types that reach the same rules (any
+        # number of unknown types reaching only '*' rules) share one compiled batch.
+        self._batches: dict[tuple[int, ...], _Route] = {}
         self._windows_of = {r.id: r.window for r in self.rules if r.window is not None}
+        self._plans = {r.id: _plan(r) for r in self.rules}
         self._state = WindowState(limits)
 
     def route(self, event: Mapping[str, Any]) -> list[Rule]:
         """The rules whose trigger the event matches, in file order; no condition evaluated."""
+        found = self._route(event)
+        return [rule for rule in found.rules if rule.trigger.admits(event)] if found else []
+
+    def _route(self, event: Mapping[str, Any]) -> _Route | None:
         event_type = event.get("type")
         if not isinstance(event_type, str):
-            return []
-        routed = self._routes.get(event_type)
-        if routed is None:
-            routed = self._route_type(event_type)
-        return [rule for rule in routed if rule.trigger.admits(event)]
+            return None
+        found = self._routes.get(event_type)
+        if found is None:
+            indices = set(self._exact.get(event_type, ()))
+            for index in self._patterns:
+                if any(p.matches(event_type) for p in self.rules[index].trigger.types):
+                    indices.add(index)
+            if len(self._routes) >= ROUTE_CACHE:
+                self._routes.clear()
+            found = self._routes[event_type] = self._batch(tuple(sorted(indices)))
+        return found
 
-    def _route_type(self, event_type: str) -> tuple[Rule, ...]:
-        indices = set(self._exact.get(event_type, ()))
-        for index in self._patterns:
-            if any(p.matches(event_type) for p in self.rules[index].trigger.types):
-                indices.add(index)
-        if len(self._routes) >= ROUTE_CACHE:
-            self._routes.clear()
-        routed = self._routes[event_type] = tuple(self.rules[i] for i in sorted(indices))
-        return routed
+    def _batch(self, indices: tuple[int, ...]) -> _Route:
+        found = self._batches.get(indices)
+        if found is None:
+            rules = tuple(self.rules[i] for i in indices)
+            conditions = [r.condition for r in rules if r.condition is not None]
+            entries, slot = [], 0
+            for rule in rules:
+                entries.append((rule, slot if rule.condition else None, rule.trigger.filtered))
+                slot += rule.condition is not None
+            batch = expressions.compile_batch(conditions) if len(conditions) > 1 else None
+            found = self._batches[indices] = _Route(rules, batch, tuple(entries))
+        return found
 
     def evaluate(self, event: Mapping[str, Any], now: dt.datetime) -> list[Firing]:
         """The rules this event fires, in file order. Counts it into windows."""
-        return [o.firing for o in self.trace(event, now) if o.firing is not None]
+        return self._run(event, now, None)
 
     def trace(self, event: Mapping[str, Any], now: dt.datetime) -> list[Outcome]:
         """What each routed rule made of the event: value, error, window, firing."""
-        rules = self.route(event)
-        if not rules:
+        outcomes: list[Outcome] = []
+        self._run(event, now, outcomes.append)
+        return outcomes
+
+    def _run(
+        self, event: Mapping[str, Any], now: dt.datetime, note: Callable[[Outcome], None] | None
+    ) -> list[Firing]:
+        found = self._route(event)
+        if found is None:
+            return []
+        admitted = [(r, s) for r, s, f in found.entries if not f or r.trigger.admits(event)]
+        if not admitted:
             return []
         device = device_of(event)
         bindings = expressions.bind({"event": event, "device": device})
+        # One call for every condition: the runtime's cost is mostly per call. When any
+        # condition fails on this event the list is an error, and each is evaluated alone.
+        values = expressions.evaluate_batch(found.batch, bindings) if found.batch else None
         timestamp = now.timestamp()
-        outcomes: list[Outcome] = []
-        for rule in rules:
+        firings: list[Firing] = []
+        for rule, slot in admitted:
             value: Any = None
+            figures = None
             try:
-                condition = rule.condition
-                value = True if condition is None else expressions.evaluate(condition, bindings)
-                if value is not True:
-                    error = "" if value is False else f"the condition gave {value!r}, not a bool"
-                    outcomes.append(Outcome(rule.id, value, error))
-                    continue
-                figures = None
-                if rule.window is not None:
+                if rule.condition is None:
+                    value = True
+                elif values is not None and slot is not None:
+                    value = values[slot]
+                else:
+                    value = expressions.evaluate(rule.condition, bindings)
+                if value is True and rule.window is not None:
                     figures = self._count(rule.id, rule.window, bindings, timestamp)
-                    if not figures["fired"]:
-                        outcomes.append(Outcome(rule.id, value, window=figures))
-                        continue
             except EvalError as err:
-                outcomes.append(Outcome(rule.id, value, str(err)))
+                if note:
+                    note(Outcome(rule.id, value, str(err)))
+                continue
+            if value is not True or (figures is not None and not figures["fired"]):
+                if note:
+                    error = (
+                        ""
+                        if isinstance(value, bool)
+                        else f"the condition gave {value!r}, not a bool"
+                    )
+                    note(Outcome(rule.id, value, error, figures))
                 continue
             firing = self._fire(rule, event, device, value, figures)
-            outcomes.append(Outcome(rule.id, value, window=figures, firing=firing))
-        return outcomes
+            firings.append(firing)
+            if note:
+                note(Outcome(rule.id, value, window=figures, firing=firing))
+        return firings
 
     def _count(self, rule_id: str, window: Window, bindings: Any, now: float) -> dict[str, Any]:
         key = ""
@@ -181,20 +249,16 @@ class Engine:
             "rule": {"id": rule.id, "description": rule.description},
             "window": figures or {},
         }
+        key = _firing_key(event, rule.id)
         rendered = []
-        for index, action in enumerate(rule.actions):
-            spec = actions.KINDS[action.kind]
-            fields = {
-                name: render_value(raw, context, typed=spec[name].type in _TYPED)
-                if spec[name].type in _TYPED | _TEXTUAL
-                else raw
-                for name, raw in action.fields.items()
+        for index, (kind, fields) in enumerate(self._plans[rule.id]):
+            values = {
+                name: raw if mode is None else render_value(raw, context, typed=mode)
+                for name, raw, mode in fields
             }
-            if action.kind == "emit":
-                fields["source"] = RULE_SOURCE + rule.id
-            rendered.append(
-                RenderedAction(action.kind, idempotency_key(event, rule.id, index), fields)
-            )
+            if kind == "emit":
+                values["source"] = RULE_SOURCE + rule.id
+            rendered.append(RenderedAction(kind, f"{key}{index:02d}", values))
         return Firing(rule.id, str(event.get("id", "")), value, figures, tuple(rendered))
 
     def expire(self, now: dt.datetime) -> int:

@@ -13,7 +13,7 @@ Pure: compiling and evaluating touch no files, sockets or clocks.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +113,27 @@ def evaluate(expr: Expr, bindings: Any) -> Any:
         return value.plain_value()
     if isinstance(plain, bytearray):
         return bytes(plain)
+    return plain
+
+
+def compile_batch(exprs: Sequence[Expr]) -> Any:
+    """One program giving the list of the values of ``exprs`` (each compiled already), or
+    None if the runtime will not take them together."""
+    try:
+        return _env("event").compile("[" + ",\n".join(f"({e.source})" for e in exprs) + "]")
+    except RuntimeError:
+        return None
+
+
+def evaluate_batch(program: Any, bindings: Any) -> list[Any] | None:
+    """The values of a ``compile_batch`` program, or None when any of them failed."""
+    try:
+        value = program.eval(bindings)
+    except RuntimeError:  # the iteration budget, shared by the whole list
+        return None
+    if value.type() == cel.Type.ERROR:
+        return None
+    plain: list[Any] = value.plain_value()
     return plain
 
 

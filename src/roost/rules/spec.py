@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from roost.errors import ValidationError
@@ -50,20 +50,28 @@ class Pattern:
     """A glob-like pattern: exact text, or ``*`` for any run of characters."""
 
     text: str
+    _prefix: str | None = field(init=False, repr=False, compare=False)
+    _regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        stars = self.text.count("*")
+        prefix = self.text[:-1] if stars == 1 and self.text.endswith("*") else None
+        regex = None
+        if stars and prefix is None:
+            regex = re.compile(".*".join(re.escape(p) for p in self.text.split("*")), re.DOTALL)
+        object.__setattr__(self, "_prefix", prefix)
+        object.__setattr__(self, "_regex", regex)
 
     @property
     def exact(self) -> bool:
         return "*" not in self.text
 
     def matches(self, value: str) -> bool:
-        return value == self.text if self.exact else _glob(self.text).fullmatch(value) is not None
-
-
-def _glob(text: str, _cache: dict[str, re.Pattern[str]] = {}) -> re.Pattern[str]:  # noqa: B006
-    regex = _cache.get(text)
-    if regex is None:
-        regex = _cache[text] = re.compile(".*".join(re.escape(p) for p in text.split("*")))
-    return regex
+        if self._prefix is not None:  # "alice/*", "app.reading.*": the common patterns
+            return value.startswith(self._prefix)
+        if self._regex is not None:
+            return self._regex.fullmatch(value) is not None
+        return value == self.text
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,11 @@ class Trigger:
     types: tuple[Pattern, ...]
     sources: tuple[Pattern, ...] = ()
     subjects: tuple[Pattern, ...] = ()
+
+    @property
+    def filtered(self) -> bool:
+        """Whether source or subject patterns narrow the types."""
+        return bool(self.sources or self.subjects)
 
     def matches(self, event: Mapping[str, Any]) -> bool:
         return any(p.matches(str(event.get("type", ""))) for p in self.types) and self.admits(event)
@@ -328,28 +341,28 @@ def _action(source: Source, path: PathKey, data: Any) -> Action | None:
         return None
     _fields(source, path, action, ("kind", *spec))
     fields: dict[str, Any] = {}
-    for name, field in spec.items():
+    for name, declared in spec.items():
         if action.get(name) is None:
-            if field.required:
+            if declared.required:
                 _required(source, path, action, name)
-            value = field.default
+            value = declared.default
             if isinstance(value, str):
                 value = parse(value)
             fields[name] = value
         else:
-            fields[name] = _field(source, (*path, name), field, action[name])
+            fields[name] = _field(source, (*path, name), declared, action[name])
     _check_action(source, path, kind, action)
     return Action(kind, fields)
 
 
-def _field(source: Source, path: PathKey, field: actions.Field, value: Any) -> Any:
-    if field.type == actions.DURATION:
+def _field(source: Source, path: PathKey, declared: actions.Field, value: Any) -> Any:
+    if declared.type == actions.DURATION:
         found = seconds(value)
-        low, high = field.bounds
+        low, high = declared.bounds
         if found is None or not low <= found <= high:
             source.problem(path, f"{_kind(value)} is not a duration from {low:g}s to {high:g}s")
         return found
-    if field.type == actions.NAME:
+    if declared.type == actions.NAME:
         if not isinstance(value, str) or not RULE_ID.match(value):
             source.problem(path, f"{_kind(value)} is not a name (a-z, 0-9, '.', '_', '-')")
         return value
@@ -358,13 +371,13 @@ def _field(source: Source, path: PathKey, field: actions.Field, value: Any) -> A
         actions.TEXTS: (str, list),
         actions.HEADERS: (dict,),
         actions.PAYLOAD: (str, list, dict, int, float, bool),
-    }[field.type]
+    }[declared.type]
     if not isinstance(value, shapes):
-        source.problem(path, f"must be {_SHAPE_NAMES[field.type]}, not {_kind(value)}")
+        source.problem(path, f"must be {_SHAPE_NAMES[declared.type]}, not {_kind(value)}")
         return None
-    if field.type == actions.TEXTS and isinstance(value, str):
+    if declared.type == actions.TEXTS and isinstance(value, str):
         value = [value]
-    return _templates(source, path, value, field.type)
+    return _templates(source, path, value, declared.type)
 
 
 _SHAPE_NAMES = {

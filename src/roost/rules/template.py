@@ -103,7 +103,8 @@ def lookup(context: Mapping[str, Any], path: Path) -> Any:
     """The value at ``path``, or None when any step is missing."""
     value: Any = context
     for step in path:
-        if isinstance(step, str) and isinstance(value, Mapping):
+        # type() first: the common case, without the slower ABC check
+        if type(value) is dict or (isinstance(step, str) and isinstance(value, Mapping)):
             value = value.get(step)
         elif isinstance(step, int) and isinstance(value, Sequence) and not isinstance(value, str):
             value = value[step] if step < len(value) else None
@@ -124,20 +125,20 @@ def as_text(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
 
 
-def compile_value(value: Any) -> Any:
-    """Parse every string inside ``value`` (nested lists and maps) into templates."""
-    if isinstance(value, str):
-        return parse(value)
+def has_template(value: Any) -> bool:
+    """Whether a template stands anywhere inside ``value`` (nested lists and maps)."""
+    if isinstance(value, Template):
+        return True
     if isinstance(value, list):
-        return [compile_value(v) for v in value]
+        return any(has_template(v) for v in value)
     if isinstance(value, dict):
-        return {k: compile_value(v) for k, v in value.items()}
-    return value
+        return any(has_template(v) for v in value.values())
+    return False
 
 
 def render_value(value: Any, context: Mapping[str, Any], typed: bool) -> Any:
     """Render a compiled value; with ``typed`` a lone placeholder keeps its value's type."""
-    if isinstance(value, Template):
+    if type(value) is Template:
         return value.value(context) if typed else value.render(context)
     if isinstance(value, list):
         return [render_value(v, context, typed) for v in value]
