@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -547,3 +549,10 @@ def test_window_fingerprint_follows_its_meaning() -> None:
     assert fingerprint(kind="tumbling") != same
     assert fingerprint(group_by="device") != same
     assert fingerprint(value="event.data.x") != same
+
+
+def test_the_examples_in_the_docs_are_valid() -> None:
+    docs = Path(__file__).parents[2] / "docs" / "rules.md"
+    blocks = re.findall(r"```yaml\n(.*?)```", docs.read_text(), re.DOTALL)
+    assert len(blocks) == 3
+    assert [len(parse_rules(block)) for block in blocks] == [1, 1, 2]
