@@ -190,14 +190,37 @@ class RoostClient:
         return result
 
     def events(
-        self, type: str = "", device: str = "", after: int = 0, limit: int = 100
+        self,
+        type: str = "",
+        device: str = "",
+        after: int = 0,
+        limit: int = 100,
+        newest: bool = False,
     ) -> list[dict[str, Any]]:
+        """Stored events after ``after`` (a ``seq``), oldest first; ``newest``: the newest
+        ``limit`` of them."""
         params: dict[str, Any] = {"after": after, "limit": limit}
         if type:
             params["type"] = type
         if device:
             params["device"] = device
+        if newest:
+            params["newest"] = "true"
         result: list[dict[str, Any]] = self._call("GET", "/v1/events", params=params)
+        return result
+
+    def send_event(
+        self, type: str, data: Any = None, subject: str = "", **attributes: Any
+    ) -> dict[str, Any]:
+        """Send one CloudEvent (``id``, ``source``, ``time`` may be given as attributes)."""
+        event = {"type": type, "data": data, **attributes}
+        if subject:
+            event["subject"] = subject
+        return self.send_events([event])
+
+    def send_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """Send up to 500 CloudEvents at once; an event already stored is kept once."""
+        result: dict[str, Any] = self._call("POST", "/v1/events", json=events)
         return result
 
     def stats(self) -> dict[str, Any]:

@@ -147,6 +147,8 @@ class HubSettings(_Settings):
     command_timeout_max_s: float = 300.0
     request_clock_skew_s: int = 300
     broker_restart_backoff_max_s: float = 30.0
+    # Stored events older than this are deleted (checked hourly).
+    event_retention_days: float = 30.0
     log_level: str = "info"
 
     _bounds: typing.ClassVar[Mapping[str, tuple[float, float]]] = {
@@ -165,6 +167,7 @@ class HubSettings(_Settings):
         "server_cert_ttl_s": (3600, 20 * 365 * 24 * 3600),
         "request_clock_skew_s": (1, 24 * 3600),
         "broker_restart_backoff_max_s": (0.5, 3600),
+        "event_retention_days": (0.001, 100 * 365),
     }
 
     @property

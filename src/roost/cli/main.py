@@ -15,6 +15,7 @@ import typer
 
 from roost.cli.apps import apps_app
 from roost.cli.common import ConfigOpt, JsonOpt, connect, console, parse_duration, print_json
+from roost.cli.events import events_app
 from roost.cli.rollouts import deploy, rollout_app, undeploy
 from roost.errors import RoostError, ValidationError
 
@@ -28,7 +29,6 @@ devices_app = typer.Typer(help="The fleet's devices.", no_args_is_help=True)
 token_app = typer.Typer(help="Join tokens for new devices.", no_args_is_help=True)
 twin_app = typer.Typer(help="Desired and reported state of a device.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Tenants (owner only).", no_args_is_help=True)
-events_app = typer.Typer(help="The fleet's events.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
 app.add_typer(token_app, name="token")
 app.add_typer(twin_app, name="twin")
@@ -307,20 +307,6 @@ def tenant_ls(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     else:
         for tenant in tenants:
             print(tenant["name"])
-
-
-@events_app.command("ls")
-def events_ls(
-    config: ConfigOpt = None,
-    type: Annotated[str, typer.Option(help="event type, or a prefix ending in *")] = "",
-    device: Annotated[str, typer.Option(help="only this device's events")] = "",
-    limit: int = 50,
-) -> None:
-    """The newest stored events, as JSON lines."""
-    with connect(config) as client:
-        events = client.events(type=type, device=device, limit=1000)
-    for event in events[-limit:]:
-        print(json.dumps(event, default=str))
 
 
 # -- demo and simulator ------------------------------------------------------------------

@@ -15,7 +15,8 @@ class EventRow(Base):
     __tablename__ = "events"
     __table_args__ = (
         # A device's outbox delivers at least once; this makes the second copy a no-op.
-        UniqueConstraint("source", "event_id", name="uq_events_source_event_id"),
+        # Per tenant: one tenant's events can never shadow another's.
+        UniqueConstraint("tenant_id", "source", "event_id", name="uq_events_tenant_source_id"),
         Index("ix_events_tenant_type_time", "tenant_id", "type", "time"),
     )
 

@@ -24,7 +24,7 @@ from roost.catalog.models import AppRelease
 from roost.catalog.repository import Catalog
 from roost.db import Database, utcnow
 from roost.errors import BrokerError
-from roost.events.store import hub_event, insert_events
+from roost.events.store import expire_events, hub_event, insert_events
 from roost.fleet import service as fleet
 from roost.fleet.ingest import Batch, FlushResult, Ingest
 from roost.fleet.models import CommandRow, Device
@@ -46,6 +46,8 @@ CATALOG_REFRESH_S = 600.0
 # Running rollouts are stepped this often; finished ones (which only admit devices that
 # join their selector later) every ROLLOUT_IDLE_STEPS steps.
 ROLLOUT_STEP_S = 1.0
+# How often events past the retention are deleted.
+RETENTION_CHECK_S = 3600.0
 ROLLOUT_IDLE_STEPS = 10
 
 
@@ -105,6 +107,7 @@ class Hub:
             self._command_expiry_loop(),
             self._catalog_loop(),
             self._rollout_loop(),
+            self._retention_loop(),
         ):
             self._spawn(loop)
         log.info("hub ready at %s (mqtt %s:%s)", self.url, mqtt_host, mqtt_port)
@@ -362,6 +365,33 @@ class Hub:
     def _step_rollouts(self, statuses: tuple[str, ...]) -> list[tuple[str, Desired]]:
         with self.db.session() as session:
             return rollouts.step_rollouts(session, utcnow(), statuses)
+
+    # -- events ----------------------------------------------------------------------------
+
+    async def _retention_loop(self) -> None:
+        """Delete stored events older than the retention setting."""
+        while True:
+            try:
+                deleted = await asyncio.to_thread(self._expire_events)
+                if deleted:
+                    log.info(
+                        "deleted %d events past the %g-day retention",
+                        deleted,
+                        self.settings.event_retention_days,
+                    )
+            except Exception:
+                log.exception("deleting old events failed")
+            await asyncio.sleep(RETENTION_CHECK_S)
+
+    def _expire_events(self) -> int:
+        cutoff = utcnow() - dt.timedelta(days=self.settings.event_retention_days)
+        total = 0
+        while True:
+            with self.db.session() as session:
+                deleted = expire_events(session, cutoff)
+            total += deleted
+            if not deleted:
+                return total
 
     # -- revocation ----------------------------------------------------------------------
 
