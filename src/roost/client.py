@@ -223,6 +223,22 @@ class RoostClient:
         result: dict[str, Any] = self._call("POST", "/v1/events", json=events)
         return result
 
+    def add_schedule(
+        self, name: str, cron: str, type: str, subject: str = "", data: Any = None
+    ) -> dict[str, Any]:
+        """A cron expression (UTC) that sends an event of ``type`` each time it comes round."""
+        body = {"name": name, "cron": cron, "type": type, "subject": subject, "data": data}
+        result: dict[str, Any] = self._call("POST", "/v1/schedules", json=body)
+        return result
+
+    def schedules(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/v1/schedules")
+        return result
+
+    def remove_schedule(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", f"/v1/schedules/{name}")
+        return result
+
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/v1/hub/stats")
         return result

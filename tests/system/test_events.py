@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,27 @@ def test_events_are_sent_stored_once_followed_and_kept_per_tenant(
 
         newest = json.loads(cli(config, "events", "ls", "--limit", "1").stdout)
         assert newest["type"] == "office.light.on"
+
+
+def test_a_schedule_sends_events_until_it_is_removed(
+    start_proc: StartProc, tmp_path: Path, mosquitto_bin: str
+) -> None:
+    hub = Hub.start(start_proc, tmp_path / "hub")
+    config = hub.data_dir / "client.toml"
+    # A sixth field is seconds: every 2 s, so the test need not wait for a minute.
+    tick = ("--cron", "* * * * * */2", "--type", "clock.tick", "--data", '{"from": "cron"}')
+    added = cli(config, "schedules", "add", "tick", *tick)
+    assert added.returncode == 0, added.stderr
+    assert "tick" in cli(config, "schedules", "ls").stdout
+    with hub.client() as api:
+        wait_for(lambda: len(api.events(type="clock.tick")) >= 2, timeout=20, what="2 ticks")
+        first = api.events(type="clock.tick")[0]
+        assert (first["source"], first["subject"]) == ("roost://hub/schedules", "tick")
+        assert first["data"] == {"from": "cron"}
+        assert cli(config, "schedules", "rm", "tick").returncode == 0
+        count = len(api.events(type="clock.tick", limit=1000))
+        bad = cli(config, "schedules", "add", "x", "--cron", "every day", "--type", "t")
+        assert bad.returncode != 0
+        assert "is not a cron expression" in bad.stderr
+        time.sleep(3)  # a removed schedule sends nothing more (one may have been in flight)
+        assert len(api.events(type="clock.tick", limit=1000)) <= count + 1

@@ -12,6 +12,7 @@ from roost.cli.common import ConfigOpt, JsonOpt, connect
 from roost.errors import ValidationError
 
 events_app = typer.Typer(help="The fleet's events.", no_args_is_help=True)
+schedules_app = typer.Typer(help="Schedules: cron (UTC) that sends events.", no_args_is_help=True)
 
 TypeOpt = Annotated[str, typer.Option("--type", help="event type, or a prefix ending in *")]
 DeviceOpt = Annotated[str, typer.Option(help="only this device's events")]
@@ -69,10 +70,7 @@ def send(
     config: ConfigOpt = None,
 ) -> None:
     """Send a CloudEvent to the hub's event store."""
-    try:
-        payload = json.loads(data)
-    except ValueError:
-        raise ValidationError(f"--data is not JSON: {data[:80]!r}") from None
+    payload = _json_option("--data", data)
     attributes: dict[str, Any] = {}
     if source:
         attributes["source"] = source
@@ -81,6 +79,49 @@ def send(
     with connect(config) as client:
         result = client.send_event(event_type, payload, subject, **attributes)
     print(result["ids"][0])
+
+
+@schedules_app.command("add")
+def schedule_add(
+    name: str,
+    cron: Annotated[str, typer.Option(help='cron expression in UTC, e.g. "0 7 * * *"')],
+    event_type: Annotated[str, typer.Option("--type", help="the type of the events it sends")],
+    subject: Annotated[str, typer.Option(help="their subject (default: the name)")] = "",
+    data: Annotated[str, typer.Option(help="their data, JSON")] = "null",
+    config: ConfigOpt = None,
+) -> None:
+    """Send an event each time a cron expression comes round."""
+    payload = _json_option("--data", data)
+    with connect(config) as client:
+        row = client.add_schedule(name, cron, event_type, subject, payload)
+    print(f"schedule {row['name']} added; first event at {row['next_at']}")
+
+
+@schedules_app.command("ls")
+def schedule_ls(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """The tenant's schedules and when each fires next."""
+    with connect(config) as client:
+        rows = client.schedules()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        print(f"{row['name']}  {row['cron']}  {row['type']}  next {row['next_at']}")
+
+
+@schedules_app.command("rm")
+def schedule_rm(name: str, config: ConfigOpt = None) -> None:
+    """Stop a schedule."""
+    with connect(config) as client:
+        client.remove_schedule(name)
+    print(f"schedule {name} removed")
+
+
+def _json_option(option: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ValidationError(f"{option} is not JSON: {text[:80]!r}") from None
 
 
 def _line(event: dict[str, Any]) -> str:

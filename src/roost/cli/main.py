@@ -15,7 +15,7 @@ import typer
 
 from roost.cli.apps import apps_app
 from roost.cli.common import ConfigOpt, JsonOpt, connect, console, parse_duration, print_json
-from roost.cli.events import events_app
+from roost.cli.events import events_app, schedules_app
 from roost.cli.rollouts import deploy, rollout_app, undeploy
 from roost.errors import RoostError, ValidationError
 
@@ -34,6 +34,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(twin_app, name="twin")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(events_app, name="events")
+app.add_typer(schedules_app, name="schedules")
 app.add_typer(apps_app, name="app")
 app.add_typer(rollout_app, name="rollout")
 app.command("deploy")(deploy)

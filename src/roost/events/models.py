@@ -34,3 +34,22 @@ class EventRow(Base):
     time: Mapped[dt.datetime]
     data: Mapped[Any] = mapped_column(JSON, default=None, nullable=True)
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ScheduleRow(Base):
+    """A cron expression that emits an event each time it comes round (UTC)."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_schedules_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    cron: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(256))
+    subject: Mapped[str] = mapped_column(String(256), default="")
+    data: Mapped[Any] = mapped_column(JSON, default=None, nullable=True)
+    # The next time it fires; the hub's loop picks schedules whose time has come.
+    next_at: Mapped[dt.datetime] = mapped_column(index=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -8,14 +8,15 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
 from roost.api import HubDep, PrincipalDep
 from roost.db import utcnow
 from roost.errors import ValidationError
+from roost.events import schedules
 from roost.events.cloudevents import parse_event
-from roost.events.models import EventRow
+from roost.events.models import EventRow, ScheduleRow
 from roost.events.store import insert_events
 
 # One request carries at most this many events, in at most this many bytes.
@@ -127,3 +128,69 @@ def list_events(
             )
             for r in rows
         ]
+
+
+# -- schedules --------------------------------------------------------------------------
+
+
+class ScheduleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    cron: str
+    type: str
+    subject: str = ""
+    data: Any = None
+
+
+class ScheduleView(BaseModel):
+    name: str
+    cron: str
+    type: str
+    subject: str
+    data: Any
+    next_at: dt.datetime
+    created_at: dt.datetime
+
+    @classmethod
+    def of(cls, row: ScheduleRow) -> ScheduleView:
+        return cls(
+            name=row.name,
+            cron=row.cron,
+            type=row.type,
+            subject=row.subject,
+            data=row.data,
+            next_at=row.next_at,
+            created_at=row.created_at,
+        )
+
+
+@router.post("/schedules", status_code=201)
+def add_schedule(body: ScheduleRequest, principal: PrincipalDep, hub: HubDep) -> ScheduleView:
+    """A cron expression (UTC) that sends an event each time it comes round."""
+    with hub.db.session() as session:
+        row = schedules.add(
+            session,
+            principal,
+            body.name,
+            body.cron,
+            body.type,
+            body.subject,
+            body.data,
+            hub.settings.max_payload_bytes,
+            utcnow(),
+        )
+        return ScheduleView.of(row)
+
+
+@router.get("/schedules")
+def list_schedules(principal: PrincipalDep, hub: HubDep) -> list[ScheduleView]:
+    with hub.db.session() as session:
+        return [ScheduleView.of(row) for row in schedules.schedules(session, principal)]
+
+
+@router.delete("/schedules/{name}")
+def remove_schedule(name: str, principal: PrincipalDep, hub: HubDep) -> dict[str, str]:
+    with hub.db.session() as session:
+        schedules.remove(session, principal, name)
+    return {"removed": name}

@@ -24,6 +24,7 @@ from roost.catalog.models import AppRelease
 from roost.catalog.repository import Catalog
 from roost.db import Database, utcnow
 from roost.errors import BrokerError
+from roost.events import schedules
 from roost.events.store import expire_events, hub_event, insert_events
 from roost.fleet import service as fleet
 from roost.fleet.ingest import Batch, FlushResult, Ingest
@@ -48,6 +49,8 @@ CATALOG_REFRESH_S = 600.0
 ROLLOUT_STEP_S = 1.0
 # How often events past the retention are deleted.
 RETENTION_CHECK_S = 3600.0
+# How often schedules are checked (cron's resolution is a minute).
+SCHEDULE_CHECK_S = 1.0
 ROLLOUT_IDLE_STEPS = 10
 
 
@@ -108,6 +111,7 @@ class Hub:
             self._catalog_loop(),
             self._rollout_loop(),
             self._retention_loop(),
+            self._schedule_loop(),
         ):
             self._spawn(loop)
         log.info("hub ready at %s (mqtt %s:%s)", self.url, mqtt_host, mqtt_port)
@@ -382,6 +386,19 @@ class Hub:
             except Exception:
                 log.exception("deleting old events failed")
             await asyncio.sleep(RETENTION_CHECK_S)
+
+    async def _schedule_loop(self) -> None:
+        """Fire the schedules whose time has come."""
+        while True:
+            await asyncio.sleep(SCHEDULE_CHECK_S)
+            try:
+                await asyncio.to_thread(self._fire_schedules)
+            except Exception:
+                log.exception("firing schedules failed")
+
+    def _fire_schedules(self) -> None:
+        with self.db.session() as session:
+            schedules.fire_due(session, utcnow())
 
     def _expire_events(self) -> int:
         cutoff = utcnow() - dt.timedelta(days=self.settings.event_retention_days)
