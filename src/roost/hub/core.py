@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm.exc import StaleDataError
 
+import roost.rules.models  # noqa: F401  (its tables, until the rules service uses them)
 from roost.access.service import ensure_default_tenant
 from roost.atomic import write_private
 from roost.catalog.models import AppRelease
