@@ -25,7 +25,7 @@ from roost.rules import actions, expressions
 from roost.rules.actions import RenderedAction
 from roost.rules.expressions import EvalError
 from roost.rules.spec import Rule, Window
-from roost.rules.template import has_template, render_value
+from roost.rules.template import has_template, renderer
 from roost.rules.window import Limits, WindowState
 
 # Where the hub's and the devices' events come from (roost.events.store.HUB_SOURCE and
@@ -80,19 +80,25 @@ def _firing_key(event: Mapping[str, Any], rule_id: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:30]
 
 
-# How each field of an action is rendered: as is (None), as text (False), typed (True).
-_Plan = tuple[tuple[str, tuple[tuple[str, Any, bool | None], ...]], ...]
+@dataclass(frozen=True)
+class _Plan:
+    """How one action is rendered: its fields as written, and functions for the templated."""
+
+    kind: str
+    fields: Mapping[str, Any]
+    templated: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...]
 
 
-def _plan(rule: Rule) -> _Plan:
+def _plan(rule: Rule) -> tuple[_Plan, ...]:
     plans = []
     for action in rule.actions:
         spec = actions.KINDS[action.kind]
-        fields = []
-        for name, raw in action.fields.items():
-            mode = spec[name].type in _TYPED if has_template(raw) else None
-            fields.append((name, raw, mode))
-        plans.append((action.kind, tuple(fields)))
+        templated = tuple(
+            (name, renderer(raw, typed=spec[name].type in _TYPED))
+            for name, raw in action.fields.items()
+            if has_template(raw)
+        )
+        plans.append(_Plan(action.kind, dict(action.fields), templated))
     return tuple(plans)
 
 
@@ -251,14 +257,13 @@ class Engine:
         }
         key = _firing_key(event, rule.id)
         rendered = []
-        for index, (kind, fields) in enumerate(self._plans[rule.id]):
-            values = {
-                name: raw if mode is None else render_value(raw, context, typed=mode)
-                for name, raw, mode in fields
-            }
-            if kind == "emit":
+        for index, plan in enumerate(self._plans[rule.id]):
+            values = dict(plan.fields)
+            for name, render in plan.templated:
+                values[name] = render(context)
+            if plan.kind == "emit":
                 values["source"] = RULE_SOURCE + rule.id
-            rendered.append(RenderedAction(kind, f"{key}{index:02d}", values))
+            rendered.append(RenderedAction(plan.kind, f"{key}{index:02d}", values))
         return Firing(rule.id, str(event.get("id", "")), value, figures, tuple(rendered))
 
     def expire(self, now: dt.datetime) -> int:

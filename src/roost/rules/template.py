@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,12 +136,27 @@ def has_template(value: Any) -> bool:
     return False
 
 
+def renderer(value: Any, typed: bool) -> Callable[[Mapping[str, Any]], Any]:
+    """A function that renders ``value`` (templates inside lists and maps too) against a
+    context; with ``typed`` a lone placeholder keeps its value's type. Parts without a
+    template are returned as they are, shared between renderings: read them, never change
+    them."""
+    if isinstance(value, Template):
+        if value.parts == ("", ""):  # one placeholder alone
+            path = value.paths[0]
+            if typed:
+                return lambda context: lookup(context, path)
+            return lambda context: as_text(lookup(context, path))
+        return value.render
+    if isinstance(value, list) and has_template(value):
+        items = [renderer(v, typed) for v in value]
+        return lambda context: [render(context) for render in items]
+    if isinstance(value, dict) and has_template(value):
+        entries = [(k, renderer(v, typed)) for k, v in value.items()]
+        return lambda context: {k: render(context) for k, render in entries}
+    return lambda _context: value
+
+
 def render_value(value: Any, context: Mapping[str, Any], typed: bool) -> Any:
-    """Render a compiled value; with ``typed`` a lone placeholder keeps its value's type."""
-    if type(value) is Template:
-        return value.value(context) if typed else value.render(context)
-    if isinstance(value, list):
-        return [render_value(v, context, typed) for v in value]
-    if isinstance(value, dict):
-        return {k: render_value(v, context, typed) for k, v in value.items()}
-    return value
+    """Render ``value`` once (``renderer`` when the same value is rendered again and again)."""
+    return renderer(value, typed)(context)
