@@ -20,6 +20,8 @@ prints ``str(error)`` as one line and exits non-zero, the API maps ``status`` to
     ├── NotFoundError            a device, command, tenant ... that is not there (404)
     ├── ConflictError            a name already taken (409)
     ├── ValidationError          bad input from a person (400/422)
+    │   └── EventRefusedError    an app's event the device's agent did not take (names why;
+    │                            ``retry_after`` when sending it again later can work)
     ├── HubError                 the hub answered with an error (client side)
     │   └── HubUnreachableError  no answer at all
     ├── BrokerError              the MQTT broker could not be started or reached
@@ -117,6 +119,15 @@ class ConflictError(RoostError):
 
 class ValidationError(RoostError):
     status = 422
+
+
+class EventRefusedError(ValidationError):
+    """The agent did not take an app's event; ``retry_after`` (seconds) is set when the
+    same event may be sent again later (a rate limit), ``None`` when it never will be."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class HubError(RoostError):

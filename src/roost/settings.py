@@ -199,6 +199,13 @@ class AgentSettings(_Settings):
     # release's [install] command words follow it. Empty: system updates are refused.
     system_installer: str = ""
     system_install_timeout_s: float = 1800.0
+    # Events from apps (``roost.agent.appevents``): one event at most this big (keep it
+    # under the hub's max_payload_bytes), and per app a sustained rate with a burst, and
+    # a number of connections open at once.
+    events_max_bytes: int = 32 * 1024
+    events_rate_per_s: float = 10.0
+    events_burst: int = 100
+    events_max_connections: int = 16
 
     _bounds: typing.ClassVar[Mapping[str, tuple[float, float]]] = {
         "heartbeat_interval_s": (0.1, 24 * 3600),
@@ -212,4 +219,8 @@ class AgentSettings(_Settings):
         "log_max_bytes": (4096, 1024 * 1024 * 1024),
         "self_update_grace_s": (5, 3600),
         "system_install_timeout_s": (1, 24 * 3600),
+        "events_max_bytes": (256, 16 * 1024 * 1024),
+        "events_rate_per_s": (0.001, 100_000),
+        "events_burst": (1, 1_000_000),
+        "events_max_connections": (1, 1024),
     }

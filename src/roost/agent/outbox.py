@@ -40,14 +40,17 @@ class Pending:
 
 
 class Outbox:
-    def __init__(self, path: Path, max_messages: int = 100_000) -> None:
+    def __init__(self, path: Path, max_messages: int = 100_000, *, durable: bool = False) -> None:
+        """``durable``: each ``put`` is on disk (fsynced) when it returns, for a sender that
+        is told its message is kept; otherwise it survives a crash of the agent, not
+        necessarily a power cut."""
         self.path = path
         self.max_messages = max_messages
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=10, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             # A small page cache: the outbox is tiny and the agent lives on small boxes.
             self._db.execute("PRAGMA cache_size=-256")
             self._db.executescript(SCHEMA)
