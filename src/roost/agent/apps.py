@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from roost.agent import installer, selfupdate
 from roost.agent.appstate import Outcome, Watch, entry, judge, stamp, watch
@@ -46,6 +46,9 @@ from roost.apps.manifest import Manifest
 from roost.errors import AppError, NotFoundError, RoostError, UpdateError, UpdateRefusedError
 from roost.settings import AgentSettings
 from roost.wire.apps import WantedApp, target_path
+
+if TYPE_CHECKING:
+    from roost.agent.appevents import AppEvents
 
 log = logging.getLogger("roost.agent.apps")
 
@@ -68,8 +71,17 @@ class Store(Protocol):
     def set(self, key: str, value: Any) -> None: ...
 
 
-def run_spec(manifest: Manifest, app_dir: Path, data_dir: Path, log_dir: Path) -> RunSpec:
-    """How the supervisor runs the app a manifest describes, from the version in app_dir."""
+def run_spec(
+    manifest: Manifest,
+    app_dir: Path,
+    data_dir: Path,
+    log_dir: Path,
+    *,
+    events_socket: Path | None = None,
+    hidden: tuple[Path, ...] = (),
+) -> RunSpec:
+    """How the supervisor runs the app a manifest describes, from the version in app_dir;
+    ``events_socket`` is where it emits events, ``hidden`` what its sandbox shows empty."""
     health = None
     if manifest.health is not None:
         h = manifest.health
@@ -99,6 +111,8 @@ def run_spec(manifest: Manifest, app_dir: Path, data_dir: Path, log_dir: Path) -
             policy=cast(RestartMode, manifest.restart.policy),  # the manifest checked it
             max_backoff_s=manifest.restart.max_backoff,
         ),
+        events_socket=events_socket,
+        hidden=hidden,
     )
 
 
@@ -114,6 +128,7 @@ class AppReconciler:
         on_change: Callable[[], None],
         reported: Mapping[str, Any] | None = None,
         stop_agent: Callable[[], None] | None = None,
+        events: AppEvents | None = None,
     ) -> None:
         self.installs = AppInstalls(settings.data_dir / "apps")
         self.log_dir = settings.data_dir / "app-logs"
@@ -123,6 +138,7 @@ class AppReconciler:
         self._store = store
         self._on_change = on_change
         self._stop_agent = stop_agent
+        self._events = events  # the apps' events sockets; none: apps get no socket
         self._wanted: dict[str, WantedApp] = {}
         self._outcomes: dict[str, Outcome] = {}
         for name, raw in dict(store.get(BAD_KEY) or {}).items():
@@ -188,7 +204,10 @@ class AppReconciler:
         for name, want in wanted.items():
             self._advance(name, want, now)
         self._judge(now)
-        await self.supervisor.apply(self._specs(wanted))
+        specs = self._specs(wanted)
+        if self._events is not None:
+            await self._events.serve(specs)  # before the apps start: they bind its directory
+        await self.supervisor.apply(specs)
         for name in self.installs.apps():
             if name not in wanted and name not in self._busy:
                 self.installs.remove(name)
@@ -411,7 +430,12 @@ class AppReconciler:
     def _spec(self, name: str, version: str) -> RunSpec:
         installed = self.installs.installed(name, version)
         return run_spec(
-            installed.manifest, installed.path, self.installs.data_dir(name), self.log_dir
+            installed.manifest,
+            installed.path,
+            self.installs.data_dir(name),
+            self.log_dir,
+            events_socket=None if self._events is None else self._events.path(name),
+            hidden=(self._settings.data_dir,),
         )
 
     def _manifest(self, name: str, version: str) -> Manifest:

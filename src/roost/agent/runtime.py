@@ -265,6 +265,7 @@ class Agent:
             self._tasks.append(asyncio.create_task(self._run_apps(apps), name="apps"))
 
     async def _run_apps(self, apps: dict[str, WantedApp]) -> None:
+        from roost.agent.appevents import AppEvents
         from roost.agent.apps import AppReconciler
         from roost.agent.supervisor import Supervisor
 
@@ -272,7 +273,11 @@ class Agent:
             if self.apps is not None:
                 self.apps.supervisor_changed(name)
 
-        async with Supervisor(on_change=status_changed) as sup:
+        # The events sockets close after the apps have stopped.
+        async with (
+            AppEvents(self.settings, self._wake_outbox.set) as events,
+            Supervisor(on_change=status_changed) as sup,
+        ):
             self.apps = AppReconciler(
                 self.settings,
                 self._catalog_fetch,
@@ -281,6 +286,7 @@ class Agent:
                 self._apps_changed,
                 reported=self.state.get("apps") or {},
                 stop_agent=self.stop,
+                events=events,
             )
             self.apps.want(apps)
             await self.apps.run()

@@ -9,8 +9,9 @@ bubblewrap once and tries to make a cgroup, and it is called once when the super
 starts.
 
 Under bubblewrap the root is read-only, ``/tmp`` private, ``/dev`` and ``/proc`` fresh,
-the data dir the only writable bind, the network unshared unless the app asks for it, the
-PID namespace private. Each app gets the cgroup ``<agent's cgroup>/roost/<app>`` (memory
+the agent's data dir hidden but for the app's own dirs and events socket, the data dir the
+only writable bind, the network unshared unless the app asks for it, the PID namespace
+private. Each app gets the cgroup ``<agent's cgroup>/roost/<app>`` (memory
 limit, CPU quota); without a usable cgroup, ``RLIMIT_DATA`` bounds memory and the CPU is not
 limited. ``RLIMIT_NOFILE`` is always set. The child enters its cgroup before it execs
 (see ``process.py``), so no app code ever runs outside it.
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from roost.agent.supervisor.spec import RunSpec
+from roost.device import SOCKET_ENV
 
 CGROUP_ROOT_NAME = "roost"
 # CFS bandwidth period; the quota is cpu cores times this.
@@ -80,10 +82,17 @@ class Launch:
 def bwrap_args(bwrap: str, spec: RunSpec) -> tuple[str, ...]:
     """The bubblewrap command line that confines ``spec``'s command."""
     args = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", _TMP]
-    # Bound again after the tmpfs, so an app or data dir under /tmp stays visible.
+    for hidden in spec.hidden:  # the agent's data dir: its key, its store, others' sockets
+        args += ["--tmpfs", str(hidden)]
+    # Bound again after the tmpfs, so an app or data dir under /tmp (or hidden) stays visible.
     args += ["--ro-bind", str(spec.app_dir), str(spec.app_dir)]
     if spec.data_dir is not None:
         args += ["--bind", str(spec.data_dir), str(spec.data_dir)]
+    if spec.events_socket is not None:
+        # Its directory, not the socket: a socket the agent makes again stays reachable.
+        # Read-only still lets the app connect; it cannot put another socket there.
+        sockets = str(spec.events_socket.parent)
+        args += ["--ro-bind", sockets, sockets]
     if not spec.network:
         args.append("--unshare-net")
     args += ["--unshare-pid", "--die-with-parent", "--new-session"]
@@ -127,6 +136,8 @@ def app_env(spec: RunSpec, path: str = _DEFAULT_PATH) -> dict[str, str]:
     if spec.data_dir is not None:
         env["ROOST_DATA_DIR"] = str(spec.data_dir)
     env.update(spec.env)
+    if spec.events_socket is not None:  # after the app's own: it cannot point elsewhere
+        env[SOCKET_ENV] = str(spec.events_socket)
     return env
 
 

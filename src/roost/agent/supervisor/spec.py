@@ -106,6 +106,11 @@ class RunSpec:
     network: bool = False
     health: HealthCheck | None = None
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    # The Unix socket the app emits events on (``roost.agent.appevents``), if any.
+    events_socket: Path | None = None
+    # Directories a sandbox shows empty (the agent's data dir); what the app may see
+    # inside them (its app dir, data dir, events socket) is bound back.
+    hidden: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -120,6 +125,11 @@ class RunSpec:
                 raise AppError(f"app {self.name}: {label} must be an absolute path")
         if self.data_dir is not None and not Path(self.data_dir).is_absolute():
             raise AppError(f"app {self.name}: data_dir must be an absolute path")
+        if self.events_socket is not None and not Path(self.events_socket).is_absolute():
+            raise AppError(f"app {self.name}: events_socket must be an absolute path")
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        if not all(Path(p).is_absolute() for p in self.hidden):
+            raise AppError(f"app {self.name}: hidden paths must be absolute")
         if self.memory_bytes is not None and self.memory_bytes < 1 << 20:
             raise AppError(f"app {self.name}: memory_bytes must be at least 1 MiB")
         if self.cpu is not None and not 0.01 <= self.cpu <= 1024:
@@ -155,6 +165,8 @@ def _key(spec: RunSpec) -> tuple[object, ...]:
         spec.network,
         spec.health,
         spec.restart,
+        spec.events_socket,
+        spec.hidden,
     )
 
 
