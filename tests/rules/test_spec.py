@@ -415,6 +415,15 @@ def test_duplicate_ids_and_keys() -> None:
     assert heads("id: a\nid: b\n")[0] == "id: duplicate key"
 
 
+def test_a_missing_part_does_not_hide_problems_in_the_others() -> None:
+    text = yaml.safe_dump({"id": "Bad", "actions": [{"kind": "sms"}]})
+    assert heads(text) == [
+        "missing field 'trigger'",
+        "id: 'Bad' is not a rule id (a-z, 0-9, '.', '_', '-')",
+        "actions[0].kind: 'sms' is not one of webhook, email, publish, command, invoke, emit",
+    ]
+
+
 def test_every_problem_is_reported_at_once() -> None:
     text = rule_file(("actions",), [{"kind": "sms"}, {"kind": "webhook"}])
     assert heads(text) == [

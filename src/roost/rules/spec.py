@@ -214,20 +214,23 @@ def _rule(source: Source, path: PathKey, data: Any) -> Rule | None:
     problems = len(source.problems)
     _fields(source, path, rule, _RULE_FIELDS)
     missing = [n for n in ("id", "trigger", "actions") if not _required(source, path, rule, n)]
-    ok = not missing
     rule_id = str(rule.get("id", ""))
-    if ok and not RULE_ID.match(rule_id):
+    if "id" not in missing and not RULE_ID.match(rule_id):
         source.problem((*path, "id"), f"'{rule_id}' is not a rule id (a-z, 0-9, '.', '_', '-')")
     for name, kind in (("description", str), ("enabled", bool)):
         if name in rule and not isinstance(rule[name], kind):
             source.problem((*path, name), f"must be a {kind.__name__}, not {_kind(rule[name])}")
-    trigger = _trigger(source, (*path, "trigger"), rule.get("trigger")) if ok else None
+    trigger = None
+    if "trigger" not in missing:
+        trigger = _trigger(source, (*path, "trigger"), rule["trigger"])
     condition = None
     if rule.get("condition") is not None:
         condition = _expr(source, (*path, "condition"), rule["condition"], "event", "bool")
     window = _window(source, (*path, "window"), rule["window"]) if "window" in rule else None
-    acts = _actions(source, (*path, "actions"), rule.get("actions"), rule_id) if ok else ()
-    if not ok or trigger is None or acts is None or len(source.problems) > problems:
+    acts = (
+        _actions(source, (*path, "actions"), rule["actions"]) if "actions" not in missing else None
+    )
+    if missing or trigger is None or acts is None or len(source.problems) > problems:
         return None
     return Rule(
         rule_id,
@@ -320,7 +323,7 @@ def _window(source: Source, path: PathKey, data: Any) -> Window | None:
     return Window(over, kind, threshold, group_by, value, bool(window.get("reset", False)))
 
 
-def _actions(source: Source, path: PathKey, data: Any, rule_id: str) -> tuple[Action, ...] | None:
+def _actions(source: Source, path: PathKey, data: Any) -> tuple[Action, ...] | None:
     if not isinstance(data, list) or not data:
         source.problem(path, "must be a list of one or more actions")
         return None
