@@ -5,7 +5,12 @@ A rule has up to four expressions: its ``condition`` and, in a window, ``group_b
 runtime) against the variables its place allows, its result type is checked, and its
 worst-case cost is bounded (see ``roost.rules.cost``). A compile error carries its
 position inside the expression; ``roost.rules.spec`` turns that into a position in the
-rules file.
+rules file (only the first error of an expression is reported: the rest often follow
+from it).
+
+A call into the runtime costs ~1.6 µs whatever the expression (``true`` included), and a
+typical condition only ~0.2–0.8 µs more, so the engine also compiles the conditions one
+event type reaches as one list (``compile_batch``) and evaluates them in one call.
 
 Pure: compiling and evaluating touch no files, sockets or clocks.
 """
@@ -22,7 +27,7 @@ from cel_expr_python import cel
 from roost.rules import cost
 
 # The variables each kind of expression sees. ``event`` is the CloudEvent as a map,
-# ``device`` the id of the device that sent it ("" for the hub's own events).
+# ``device`` the device it is from or about (``roost.rules.engine.device_of``).
 _EVENT = {"event": cel.Type.Map(cel.Type.STRING, cel.Type.DYN), "device": cel.Type.STRING}
 # Aggregates are dyn so ``avg > 30`` compares a double with an int at run time (the
 # checker refuses ``double > int`` between declared types).
