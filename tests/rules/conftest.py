@@ -6,6 +6,8 @@ import datetime as dt
 import itertools
 from typing import Any
 
+from fleet.conftest import acme, db, owner  # noqa: F401  (fixtures: a database, two tenants)
+
 T0 = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
 _ids = itertools.count(1)
 
