@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from roost.fleet.ingest import Ingest
     from roost.fleet.models import CommandRow
     from roost.pki import CertificateAuthority
+    from roost.rules.delivery import Delivery
     from roost.settings import HubSettings
     from roost.wire import Desired, Reply
 
@@ -35,6 +36,8 @@ class HubContext(Protocol):
     ca: CertificateAuthority
     ingest: Ingest
     catalog: Catalog
+    # The outbox of rules' actions: its secrets, and ``notify()`` when rows are due.
+    delivery: Delivery
     url: str
     host: str
 

@@ -37,6 +37,8 @@ prints ``str(error)`` as one line and exits non-zero, the API maps ``status`` to
     ├── RolloutError             a rollout halted or was aborted (``roost deploy --wait``)
     ├── RuleError                a rules file that is refused: each problem named by its
     │                            path and position (``rules[0].actions[1].kind``)
+    ├── DeliveryError            one try at delivering a rule's action failed (the outbox
+    │                            retries it, or keeps it as a dead letter when ``permanent``)
     └── StorageError             objects stored across the devices
         ├── StorageBackendError  the erasure-coding library or its ISA-L backend is missing
         │                        (names the package to install)
@@ -190,6 +192,21 @@ class RuleError(RoostError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class DeliveryError(RoostError):
+    """A try at delivering an action failed. ``permanent``: another try cannot help (a 4xx
+    answer, an unknown secret, a device of another tenant); ``retry_after``: the receiver
+    asked for a pause of that many seconds."""
+
+    status = 502
+
+    def __init__(
+        self, message: str, permanent: bool = False, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after = retry_after
 
 
 class StorageError(RoostError):

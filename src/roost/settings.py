@@ -149,6 +149,24 @@ class HubSettings(_Settings):
     broker_restart_backoff_max_s: float = 30.0
     # Stored events older than this are deleted (checked hourly).
     event_retention_days: float = 30.0
+    # Delivering rules' actions (``roost.rules.delivery``): at most this many at once; a
+    # failed try is retried after a random delay up to base * 2^(tries - 1), at most cap
+    # ("full jitter"), until max attempts, then kept as a dead letter. The outbox is also
+    # looked at every poll interval (actions of other hubs, retries after a restart).
+    delivery_concurrency: int = 64
+    delivery_max_attempts: int = 12
+    delivery_backoff_base_s: float = 1.0
+    delivery_backoff_cap_s: float = 3600.0
+    delivery_poll_s: float = 0.5
+    # The SMTP server for email actions; none set: email actions become dead letters.
+    # smtp_security: "starttls" (port 587), "ssl" (port 465) or "none".
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_from: str = ""
+    smtp_security: str = "starttls"
+    smtp_user: str = ""
+    smtp_password: str = dataclasses.field(default="", repr=False)
+    smtp_timeout_s: float = 30.0
     log_level: str = "info"
 
     _bounds: typing.ClassVar[Mapping[str, tuple[float, float]]] = {
@@ -168,6 +186,13 @@ class HubSettings(_Settings):
         "request_clock_skew_s": (1, 24 * 3600),
         "broker_restart_backoff_max_s": (0.5, 3600),
         "event_retention_days": (0.001, 100 * 365),
+        "delivery_concurrency": (1, 10_000),
+        "delivery_max_attempts": (1, 100),
+        "delivery_backoff_base_s": (0.001, 3600),
+        "delivery_backoff_cap_s": (0.001, 7 * 24 * 3600),
+        "delivery_poll_s": (0.01, 60),
+        "smtp_port": (1, 65535),
+        "smtp_timeout_s": (1, 60),
     }
 
     @property

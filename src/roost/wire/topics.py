@@ -37,6 +37,7 @@ class Down(enum.StrEnum):
     DESIRED = "desired"  # retained
     COMMAND = "cmd"
     ACK = "ack"  # outbox sequence numbers the hub has stored
+    MESSAGE = "msg"  # a rule's publish action: a payload for the device (JSON)
 
 
 OUTBOX_KINDS = frozenset({Up.REPORTED, Up.REPLY, Up.EVENT})
