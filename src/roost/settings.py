@@ -231,6 +231,8 @@ class AgentSettings(_Settings):
     events_rate_per_s: float = 10.0
     events_burst: int = 100
     events_max_connections: int = 16
+    # Disk this device offers the fleet's store (``storage.quota``); 0 offers nothing.
+    storage_quota_bytes: int = 0
 
     _bounds: typing.ClassVar[Mapping[str, tuple[float, float]]] = {
         "heartbeat_interval_s": (0.1, 24 * 3600),
@@ -248,4 +250,5 @@ class AgentSettings(_Settings):
         "events_rate_per_s": (0.001, 100_000),
         "events_burst": (1, 1_000_000),
         "events_max_connections": (1, 1024),
+        "storage_quota_bytes": (0, 1 << 60),
     }

@@ -41,10 +41,16 @@ def request(
     signer: Signer | None = None,
     timeout: float = 30.0,
 ) -> Any:
-    """One JSON request; HTTP errors become ``HubError`` with the hub's own message."""
+    """One JSON request; HTTP errors become ``HubError`` with the hub's own message.
+
+    A ``bytes`` body is sent as it is (``application/octet-stream``), anything else as JSON.
+    """
     parts = urllib.parse.urlsplit(url)
-    raw = b"" if body is None else json.dumps(body).encode()
-    headers = {"content-type": "application/json", "accept": "application/json"}
+    if isinstance(body, bytes):
+        raw, kind = body, "application/octet-stream"
+    else:
+        raw, kind = b"" if body is None else json.dumps(body).encode(), "application/json"
+    headers = {"content-type": kind, "accept": "application/json"}
     if signer is not None:
         headers.update(signer(method, path, raw))
     connection = http.client.HTTPSConnection(

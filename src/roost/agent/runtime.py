@@ -25,6 +25,7 @@ from roost.agent import facts, selfupdate
 from roost.agent.commands import CommandTable, UnknownCommandError, logs_handler, ping
 from roost.agent.identity import Identity, IdentityStore
 from roost.agent.outbox import Outbox
+from roost.agent.shares import ShareCommands, ShareStore
 from roost.errors import RoostError, WireError
 from roost.settings import AgentSettings
 from roost.wire import (
@@ -44,6 +45,7 @@ from roost.wire.topics import Down, Up
 
 if TYPE_CHECKING:
     from roost.agent.apps import AppReconciler
+    from roost.agent.hubapi import Signer
     from roost.agent.updates import HubFetch
 
 log = logging.getLogger("roost.agent")
@@ -76,6 +78,12 @@ class Agent:
         self.commands.register("reload-config", self._reload_config)
         self.commands.register("logs", logs_handler(self.data_dir / "agent.log"))
         self.commands.register("app-logs", self._app_logs)
+        self.shares = ShareCommands(
+            ShareStore(self.data_dir / "shares", settings.storage_quota_bytes), self._hub_call
+        )
+        self.commands.register("share-fetch", self.shares.fetch)
+        self.commands.register("share-upload", self.shares.upload)
+        self.commands.register("share-delete", self.shares.delete)
         self.apps: AppReconciler | None = None
         # A new version of the agent on trial: kept once the hub acknowledges it.
         self._on_trial = selfupdate.is_trial(self.data_dir)
@@ -308,6 +316,14 @@ class Agent:
             self.outbox.set("state", self.state)
             self._report()
 
+    def _hub_call(self) -> tuple[str, ssl.SSLContext, Signer]:
+        """The hub's URL, its pinned TLS and a signer with the current device key."""
+        from roost.agent import hubapi
+
+        signer = hubapi.device_signer(self.device_id, self.store.key_pem())
+        context = hubapi.verified_context(self.store.ca_path.read_text())
+        return self.identity.hub_url, context, signer
+
     def _catalog_fetch(self) -> HubFetch:
         """GETs of the tenant's signed catalog, signed with the current device key."""
         from roost.agent import hubapi
@@ -352,7 +368,8 @@ class Agent:
         facts.metrics()  # the first CPU reading only starts the measurement
         while True:
             await self.connected.wait()
-            beat = Heartbeat(time=time.time(), metrics=facts.metrics())
+            metrics = {**facts.metrics(), **self.shares.metrics()}
+            beat = Heartbeat(time=time.time(), metrics=metrics)
             self._publish(Up.HEARTBEAT, beat.encode(), qos=0)
             await asyncio.sleep(self.heartbeat_interval)
 

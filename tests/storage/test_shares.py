@@ -1,0 +1,62 @@
+"""The agent's share store: atomic files in a quota, each checked against its hash on read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import blake3
+import pytest
+
+from roost.agent.shares import ShareStore
+from roost.errors import StorageError, ValidationError
+
+SHARE = "0123456789abcdef"
+
+
+def _hash(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def test_a_share_is_kept_and_read_back(tmp_path: Path) -> None:
+    store = ShareStore(tmp_path / "shares", quota_bytes=1000)
+    store.put(SHARE, b"x" * 100, _hash(b"x" * 100))
+    assert store.read(SHARE) == b"x" * 100
+    assert store.used_bytes() == 100
+    assert store.free_bytes() == 900
+    assert store.delete(SHARE)
+    assert not store.delete(SHARE)
+    with pytest.raises(StorageError, match="no share"):
+        store.read(SHARE)
+
+
+def test_a_share_that_does_not_match_its_hash_is_not_stored(tmp_path: Path) -> None:
+    store = ShareStore(tmp_path / "shares", quota_bytes=1000)
+    with pytest.raises(StorageError, match="does not match its hash"):
+        store.put(SHARE, b"abc", _hash(b"abd"))
+    assert store.used_bytes() == 0
+
+
+def test_a_share_corrupted_on_disk_is_refused_on_read(tmp_path: Path) -> None:
+    store = ShareStore(tmp_path / "shares", quota_bytes=1000)
+    store.put(SHARE, b"abc", _hash(b"abc"))
+    (tmp_path / "shares" / SHARE).write_bytes(b"abd")
+    with pytest.raises(StorageError, match="corrupt"):
+        store.read(SHARE)
+
+
+def test_the_quota_bounds_what_a_device_takes(tmp_path: Path) -> None:
+    none = ShareStore(tmp_path / "none", quota_bytes=0)
+    assert none.free_bytes() == 0
+    with pytest.raises(StorageError, match="quota"):
+        none.put(SHARE, b"a", _hash(b"a"))
+    small = ShareStore(tmp_path / "small", quota_bytes=10)
+    small.put(SHARE, b"a" * 10, _hash(b"a" * 10))
+    with pytest.raises(StorageError, match="quota"):
+        small.put("fedcba9876543210", b"b", _hash(b"b"))
+
+
+@pytest.mark.parametrize("bad", ["../etc", "", "ABCDEF0123", "x" * 10])
+def test_share_ids_cannot_name_other_files(tmp_path: Path, bad: str) -> None:
+    store = ShareStore(tmp_path / "shares", quota_bytes=1000)
+    with pytest.raises(ValidationError):
+        store.read(bad)
