@@ -239,6 +239,58 @@ class RoostClient:
         result: dict[str, Any] = self._call("DELETE", f"/v1/schedules/{name}")
         return result
 
+    # -- rules ---------------------------------------------------------------------------
+
+    def apply_rules(self, text: str, filename: str = "rules.yaml") -> list[dict[str, Any]]:
+        """Apply a rules file (its YAML text): every rule, or none when one is refused
+        (``HubError`` with status 422 names each problem at its place in ``filename``)."""
+        headers = {"content-type": "application/yaml"}
+        result: list[dict[str, Any]] = self._call(
+            "POST",
+            "/v1/rules",
+            content=text.encode(),
+            headers=headers,
+            params={"filename": filename},
+        )
+        return result
+
+    def rules(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/v1/rules")
+        return result
+
+    def rule(self, rule_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/v1/rules/{rule_id}")
+        return result
+
+    def remove_rule(self, rule_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", f"/v1/rules/{rule_id}")
+        return result
+
+    def enable_rule(self, rule_id: str, enabled: bool = True) -> dict[str, Any]:
+        action = "enable" if enabled else "disable"
+        result: dict[str, Any] = self._call("POST", f"/v1/rules/{rule_id}/{action}")
+        return result
+
+    def test_rules(
+        self, text: str, events: list[dict[str, Any]] | dict[str, Any], filename: str = "rules.yaml"
+    ) -> dict[str, Any]:
+        """The dry run: what the rules of ``text`` would make of ``events``; ``text`` in the
+        answer is the report for a person."""
+        body = {"rules": text, "events": events, "filename": filename}
+        result: dict[str, Any] = self._call("POST", "/v1/rules/test", json=body)
+        return result
+
+    def actions(self, status: str = "", rule: str = "", limit: int = 100) -> list[dict[str, Any]]:
+        """The newest actions the rules put in the outbox (``status``: pending, delivered,
+        dead)."""
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if rule:
+            params["rule"] = rule
+        result: list[dict[str, Any]] = self._call("GET", "/v1/actions", params=params)
+        return result
+
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/v1/hub/stats")
         return result

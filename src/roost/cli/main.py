@@ -17,6 +17,7 @@ from roost.cli.apps import apps_app
 from roost.cli.common import ConfigOpt, JsonOpt, connect, console, parse_duration, print_json
 from roost.cli.events import events_app, schedules_app
 from roost.cli.rollouts import deploy, rollout_app, undeploy
+from roost.cli.rules import rules_app
 from roost.errors import RoostError, ValidationError
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ app.add_typer(events_app, name="events")
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(apps_app, name="app")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(rules_app, name="rules")
 app.command("deploy")(deploy)
 app.command("undeploy")(undeploy)
 

@@ -20,6 +20,7 @@ from roost.events.routes import router as events_router
 from roost.fleet.routes import router as fleet_router
 from roost.hub.core import Hub
 from roost.rollouts.routes import router as rollouts_router
+from roost.rules.routes import router as rules_router
 from roost.settings import HubSettings
 
 log = logging.getLogger("roost.hub")
@@ -45,7 +46,14 @@ def create_app(settings: HubSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.hub = hub
-    for router in (fleet_router, access_router, events_router, catalog_router, rollouts_router):
+    for router in (
+        fleet_router,
+        access_router,
+        events_router,
+        catalog_router,
+        rollouts_router,
+        rules_router,
+    ):
         app.include_router(router)
 
     @app.exception_handler(RoostError)

@@ -12,13 +12,12 @@ import datetime as dt
 import logging
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm.exc import StaleDataError
 
-import roost.rules.models  # noqa: F401  (its tables, until the rules service uses them)
 from roost.access.service import ensure_default_tenant
 from roost.atomic import write_private
 from roost.catalog.models import AppRelease
@@ -26,7 +25,7 @@ from roost.catalog.repository import Catalog
 from roost.db import Database, utcnow
 from roost.errors import BrokerError
 from roost.events import schedules
-from roost.events.store import expire_events, hub_event, insert_events
+from roost.events.store import expire_events, hub_event, insert_events, when_stored
 from roost.fleet import service as fleet
 from roost.fleet.ingest import Batch, FlushResult, Ingest
 from roost.fleet.models import CommandRow, Device
@@ -35,6 +34,7 @@ from roost.hub.broker import ManagedBroker
 from roost.hub.database import migrate
 from roost.hub.link import HubLink, client_tls
 from roost.rollouts import service as rollouts
+from roost.rules.runner import RuleRunner
 from roost.settings import HubSettings
 from roost.wire import Ack, Command, Desired, Reply, topics
 from roost.wire.topics import Down
@@ -91,6 +91,9 @@ class Hub:
         self._flush_soon = asyncio.Event()
         self._link_up_since = 0.0
         self._revocation_lock = asyncio.Lock()
+        self.rules = RuleRunner(self.db)
+        self._rules_wanted = asyncio.Event()
+        self._unlisten: Callable[[], None] | None = None
 
     # -- start and stop ------------------------------------------------------------------
 
@@ -105,6 +108,13 @@ class Hub:
         self.link = HubLink(mqtt_host, mqtt_port, tls, self._on_message)
         await self.link.start()
         self._link_up_since = time.monotonic()
+        # The rules runner wakes as soon as any transaction of this hub stores events.
+        running = asyncio.get_running_loop()
+
+        def wake_rules() -> None:
+            running.call_soon_threadsafe(self._rules_wanted.set)
+
+        self._unlisten = when_stored(wake_rules)
         for loop in (
             self._flush_loop(),
             self._presence_loop(),
@@ -113,6 +123,7 @@ class Hub:
             self._rollout_loop(),
             self._retention_loop(),
             self._schedule_loop(),
+            self.rules.run(self._rules_wanted),
         ):
             self._spawn(loop)
         log.info("hub ready at %s (mqtt %s:%s)", self.url, mqtt_host, mqtt_port)
@@ -165,6 +176,8 @@ class Hub:
         return self.ca.crl(revoked), ids
 
     async def stop(self) -> None:
+        if self._unlisten is not None:
+            self._unlisten()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
