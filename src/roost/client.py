@@ -6,6 +6,9 @@
     with RoostClient.from_config() as hub:
         for device in hub.devices():
             print(device["id"], device["status"])
+
+A receiver of Roost's webhooks checks them with ``verify_webhook`` (from here or from the
+dependency-free ``roost.webhooks``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from roost.errors import (
     NotFoundError,
 )
 from roost.settings import default_data_dir
+from roost.webhooks import verify_webhook  # noqa: F401  (re-exported for receivers)
 
 
 @dataclass(frozen=True)
@@ -369,4 +373,39 @@ class RoostClient:
 
     def _rollout_action(self, rollout_id: str, action: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", f"/v1/rollouts/{rollout_id}/{action}")
+        return result
+
+    # -- dead letters and secrets ----------------------------------------------------------
+
+    def deadletters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Rules' actions given up on, the newest first, with their last error."""
+        result: list[dict[str, Any]] = self._call("GET", "/v1/deadletters", params={"limit": limit})
+        return result
+
+    def replay_deadletter(self, action_id: int) -> dict[str, Any]:
+        """Deliver a dead letter again (its tries counted from zero); ``{"replayed": 1}``."""
+        result: dict[str, Any] = self._call("POST", f"/v1/deadletters/{action_id}/replay")
+        return result
+
+    def replay_deadletters(self) -> dict[str, Any]:
+        """Deliver every dead letter of the tenant again; ``{"replayed": N}``."""
+        result: dict[str, Any] = self._call("POST", "/v1/deadletters/replay")
+        return result
+
+    def drop_deadletter(self, action_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", f"/v1/deadletters/{action_id}")
+        return result
+
+    def set_secret(self, name: str, value: str) -> dict[str, Any]:
+        """Set a secret the tenant's rules name (``secret:`` of a webhook); never shown again."""
+        result: dict[str, Any] = self._call("PUT", f"/v1/secrets/{name}", json={"value": value})
+        return result
+
+    def secrets(self) -> list[dict[str, Any]]:
+        """The tenant's secrets: names and times, never values."""
+        result: list[dict[str, Any]] = self._call("GET", "/v1/secrets")
+        return result
+
+    def remove_secret(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", f"/v1/secrets/{name}")
         return result

@@ -15,9 +15,11 @@ import typer
 
 from roost.cli.apps import apps_app
 from roost.cli.common import ConfigOpt, JsonOpt, connect, console, parse_duration, print_json
+from roost.cli.deadletters import deadletters_app
 from roost.cli.events import events_app, schedules_app
 from roost.cli.rollouts import deploy, rollout_app, undeploy
 from roost.cli.rules import rules_app
+from roost.cli.secrets import secrets_app
 from roost.errors import RoostError, ValidationError
 
 app = typer.Typer(
@@ -38,6 +40,8 @@ app.add_typer(events_app, name="events")
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(apps_app, name="app")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(deadletters_app, name="deadletters")
+app.add_typer(secrets_app, name="secrets")
 app.add_typer(rules_app, name="rules")
 app.command("deploy")(deploy)
 app.command("undeploy")(undeploy)

@@ -20,7 +20,9 @@ from roost.events.routes import router as events_router
 from roost.fleet.routes import router as fleet_router
 from roost.hub.core import Hub
 from roost.rollouts.routes import router as rollouts_router
+from roost.rules.deadletters import router as deadletters_router
 from roost.rules.routes import router as rules_router
+from roost.rules.secrets import router as secrets_router
 from roost.settings import HubSettings
 
 log = logging.getLogger("roost.hub")
@@ -53,6 +55,8 @@ def create_app(settings: HubSettings) -> FastAPI:
         catalog_router,
         rollouts_router,
         rules_router,
+        deadletters_router,
+        secrets_router,
     ):
         app.include_router(router)
 

@@ -34,7 +34,9 @@ from roost.hub.broker import ManagedBroker
 from roost.hub.database import migrate
 from roost.hub.link import HubLink, client_tls
 from roost.rollouts import service as rollouts
+from roost.rules.delivery import Delivery
 from roost.rules.runner import RuleRunner
+from roost.rules.secrets import SecretStore
 from roost.settings import HubSettings
 from roost.wire import Ack, Command, Desired, Reply, topics
 from roost.wire.topics import Down
@@ -91,6 +93,14 @@ class Hub:
         self._flush_soon = asyncio.Event()
         self._link_up_since = 0.0
         self._revocation_lock = asyncio.Lock()
+        # The outbox of rules' actions; ``self.delivery.notify()`` when rows are due.
+        self.delivery = Delivery(
+            self.db,
+            settings,
+            SecretStore.open(self.data_dir),
+            self.send_command,
+            self.publish_message,
+        )
         self.rules = RuleRunner(self.db)
         self._rules_wanted = asyncio.Event()
         self._unlisten: Callable[[], None] | None = None
@@ -107,6 +117,7 @@ class Hub:
         )
         self.link = HubLink(mqtt_host, mqtt_port, tls, self._on_message)
         await self.link.start()
+        await self.delivery.start()
         self._link_up_since = time.monotonic()
         # The rules runner wakes as soon as any transaction of this hub stores events.
         running = asyncio.get_running_loop()
@@ -123,7 +134,7 @@ class Hub:
             self._rollout_loop(),
             self._retention_loop(),
             self._schedule_loop(),
-            self.rules.run(self._rules_wanted),
+            self.rules.run(self._rules_wanted, self.delivery.notify),
         ):
             self._spawn(loop)
         log.info("hub ready at %s (mqtt %s:%s)", self.url, mqtt_host, mqtt_port)
@@ -178,6 +189,7 @@ class Hub:
     async def stop(self) -> None:
         if self._unlisten is not None:
             self._unlisten()
+        await self.delivery.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -273,6 +285,12 @@ class Hub:
     def publish_desired(self, device_id: str, desired: Desired) -> None:
         if self.link is not None:
             self.link.publish(topics.down(device_id, Down.DESIRED), desired.encode(), retain=True)
+
+    def publish_message(self, topic: str, payload: bytes) -> None:
+        """An MQTT message (QoS 1) for a rule's publish action; BrokerError while offline."""
+        if self.link is None or not self.link.connected.is_set():
+            raise BrokerError("the hub is not connected to the broker")
+        self.link.publish(topic, payload, qos=1)
 
     # -- presence and commands -----------------------------------------------------------
 
