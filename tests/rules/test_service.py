@@ -133,6 +133,27 @@ def test_invoke_is_refused_at_its_place_while_there_are_no_functions(
     assert stored(db) == {}
 
 
+def test_invoke_is_named_among_the_files_other_problems_in_order() -> None:
+    text = (
+        "rules:\n"
+        "  - id: a\n    trigger: {type: t}\n    actions: [{kind: invoke, function: f}]\n"
+        "  - id: b\n    trigger: {type: t}\n    actions: [{kind: sms}]\n"
+        "  - id: c\n    trigger: {type: t}\n    actions: [{kind: invoke, function: f}]\n"
+    )
+    with pytest.raises(RuleError) as refused:
+        service.check(text, "r.yaml")
+    heads = [problem.split("\n")[0] for problem in refused.value.problems]
+    assert [head.split(": ")[0:2] for head in heads] == [
+        ["r.yaml:4:22", "rules[0].actions[0].kind"],
+        ["r.yaml:7:22", "rules[1].actions[0].kind"],
+        ["r.yaml:10:22", "rules[2].actions[0].kind"],
+    ]
+    assert "functions are not available yet" in heads[2]
+    with pytest.raises(RuleError) as broken:
+        service.check("id: [\n", "r.yaml")
+    assert len(broken.value.problems) == 1, "a YAML error is named once"
+
+
 def test_rules_belong_to_their_tenant(db: Database, owner: Principal, acme: Principal) -> None:
     with db.session() as session:
         service.apply(session, owner, DOOR_FORCED, "door.yaml", T0)

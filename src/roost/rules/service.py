@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from roost.access import Principal
-from roost.errors import ConflictError, NotFoundError, ValidationError
+from roost.errors import ConflictError, NotFoundError, RuleError, ValidationError
 from roost.events.models import EventRow
 from roost.rules.dryrun import Report, dry_run
 from roost.rules.models import ActionRow, RuleCursor, RuleRow
@@ -55,23 +55,44 @@ class Applied:
 def check(text: str, filename: str = "<rules>") -> list[Rule]:
     """The rules of a file as the hub would take them; ``RuleError`` names each problem.
 
-    Beyond ``parse_rules``: ``invoke`` actions are refused while Roost has no functions.
+    Beyond ``parse_rules``: ``invoke`` actions are refused while Roost has no functions,
+    named along with the file's other problems, in the order of the file.
     """
-    rules = parse_rules(text, filename)
-    refused = [
-        (index, place)
-        for index, rule in enumerate(rules)
-        for place, action in enumerate(rule.actions)
-        if action.kind == "invoke"
-    ]
+    source = Source(text, filename)
+    before = len(source.problems)  # the YAML's own, which parse_rules reports
+    for path in _invoke_kinds(source.data):
+        source.problem(path, NO_FUNCTIONS)
+    refused = source.problems[before:]
+    try:
+        rules = parse_rules(text, filename)
+    except RuleError as err:
+        if not refused:
+            raise
+        problems = sorted(err.problems + refused, key=lambda p: _place(p, filename))
+        raise RuleError(problems) from None
     if refused:
-        source = Source(text, filename)
-        listed = isinstance(source.data, dict) and "rules" in source.data
-        for index, place in refused:
-            base: PathKey = ("rules", index) if listed else ()
-            source.problem((*base, "actions", place, "kind"), NO_FUNCTIONS)
-        source.raise_if_any()
+        raise RuleError(refused)
     return rules
+
+
+def _invoke_kinds(data: Any) -> list[PathKey]:
+    """Where the file asks for an ``invoke`` action."""
+    listed = isinstance(data, dict) and isinstance(data.get("rules"), list)
+    items = data["rules"] if listed else [data]
+    found: list[PathKey] = []
+    for index, rule in enumerate(items):
+        actions = rule.get("actions") if isinstance(rule, dict) else None
+        for place, action in enumerate(actions if isinstance(actions, list) else []):
+            if isinstance(action, dict) and action.get("kind") == "invoke":
+                base: PathKey = ("rules", index) if listed else ()
+                found.append((*base, "actions", place, "kind"))
+    return found
+
+
+def _place(problem: str, filename: str) -> tuple[int, int]:
+    """(line, column) of a problem that starts ``filename:line:column:``."""
+    line, column, _ = problem[len(filename) + 1 :].split(":", 2)
+    return int(line), int(column)
 
 
 def apply(
