@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -129,6 +130,22 @@ def test_a_changed_or_stale_webhook_does_not_verify(
     headers, body = change(sign(SECRET, "k1", BODY, now=1_000_000), BODY)
     assert not verify_webhook(SECRET, headers, body, now=now)
     assert not verify_webhook(b"other", sign(SECRET, "k1", BODY, now=now), BODY, now=now)
+
+
+def test_the_docs_standard_library_check_verifies_and_refuses() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "rules.md").read_text()
+    section = docs.split("### Webhooks: the headers and their signature")[1]
+    snippet = section.split("```python\n")[1].split("```")[0]
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)
+    verify = namespace["verify"]
+    headers = sign(SECRET, "k1", BODY)
+    assert verify(SECRET, headers, BODY)
+    assert verify(SECRET, {k.lower(): v for k, v in headers.items()}, BODY)
+    assert not verify(SECRET, headers, BODY + b" ")
+    assert not verify(b"other", headers, BODY)
+    assert not verify(SECRET, {**headers, "Roost-Idempotency-Key": "k2"}, BODY)
+    assert not verify(SECRET, sign(SECRET, "k1", BODY, now=time.time() - 301), BODY)
 
 
 def test_no_secret_no_signature() -> None:
