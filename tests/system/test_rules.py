@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import roost.access.models
+import roost.access.models  # noqa: F401  (the tenants table the rules tables refer to)
 from roost.db import Database
 from roost.rules.models import RuleCursor
 from system.harness import ROOST, Hub
@@ -46,7 +46,7 @@ rules:
 """
 
 
-def roost(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*ROOST, *args],
         env={**os.environ, "ROOST_CONFIG": str(config)},
@@ -80,12 +80,12 @@ def test_the_tenth_forced_door_fires_once_across_a_hub_restart(
     config = hub.data_dir / "client.toml"
     rules = tmp_path / "door.yaml"
     rules.write_text(DOOR_FORCED)
-    applied = roost(config, "rules", "apply", str(rules))
+    applied = cli(config, "rules", "apply", str(rules))
     assert applied.returncode == 0, applied.stderr
     assert applied.stdout == "door-forced: created (version 1)\n"
-    listed = roost(config, "rules", "ls")
+    listed = cli(config, "rules", "ls")
     assert "door-forced  on   v1  type=app.door.state window 30d" in listed.stdout
-    again = roost(config, "rules", "apply", str(rules))
+    again = cli(config, "rules", "apply", str(rules))
     assert again.stdout == "door-forced: unchanged (version 1)\n"
 
     with hub.client() as api:
@@ -119,7 +119,7 @@ def test_rules_through_the_cli(start_proc: StartProc, tmp_path: Path, mosquitto_
     config = hub.data_dir / "client.toml"
     bad = tmp_path / "rules.yaml"
     bad.write_text(BAD)
-    refused = roost(config, "rules", "apply", str(bad))
+    refused = cli(config, "rules", "apply", str(bad))
     assert refused.returncode != 0
     lines = refused.stderr.splitlines()
     where = str(bad)
@@ -131,11 +131,11 @@ def test_rules_through_the_cli(start_proc: StartProc, tmp_path: Path, mosquitto_
     assert f"{where}:7:15: rules[0].actions[1].kind: 'sms' is not one of webhook" in lines[3]
     assert lines[6].startswith(f"{where}:11:20: rules[1].window.over: '30 days' is not")
     assert lines[9].startswith(f"{where}:12:22: rules[1].actions[0].kind: functions are not")
-    assert roost(config, "rules", "ls").stdout == "", "a refused file stores nothing"
+    assert cli(config, "rules", "ls").stdout == "", "a refused file stores nothing"
 
     invoke = tmp_path / "invoke.yaml"
     invoke.write_text("id: x\ntrigger: {type: t}\nactions: [{kind: invoke, function: f}]\n")
-    no_functions = roost(config, "rules", "apply", str(invoke))
+    no_functions = cli(config, "rules", "apply", str(invoke))
     assert no_functions.returncode != 0
     assert f"{invoke}:3:18: actions[0].kind: functions are not available yet" in (
         no_functions.stderr
@@ -153,7 +153,7 @@ def test_rules_through_the_cli(start_proc: StartProc, tmp_path: Path, mosquitto_
             ]
         )
     )
-    tried = roost(config, "rules", "test", str(rules), "--event", str(events))
+    tried = cli(config, "rules", "test", str(rules), "--event", str(events))
     assert tried.returncode == 0, tried.stderr
     assert "  door-forced: condition true; window d7: count 1, threshold false" in tried.stdout
     assert "  door-forced: condition true; window d7: count 2, threshold true -> fires 2" in (
@@ -163,18 +163,18 @@ def test_rules_through_the_cli(start_proc: StartProc, tmp_path: Path, mosquitto_
         tried.stdout
     )
     report = json.loads(
-        roost(config, "rules", "test", str(rules), "--event", str(events), "--json").stdout
+        cli(config, "rules", "test", str(rules), "--event", str(events), "--json").stdout
     )
     assert [len(e["rules"][0]["fires"]) for e in report["events"]] == [0, 2]
-    assert roost(config, "rules", "ls").stdout == "", "a dry run stores nothing"
+    assert cli(config, "rules", "ls").stdout == "", "a dry run stores nothing"
 
-    assert roost(config, "rules", "apply", str(rules)).returncode == 0
-    shown = roost(config, "rules", "show", "door-forced").stdout
+    assert cli(config, "rules", "apply", str(rules)).returncode == 0
+    shown = cli(config, "rules", "show", "door-forced").stdout
     assert shown.startswith("# door-forced: version 1, enabled, updated ")
     assert shown.endswith(DOOR_FORCED.replace("count >= 10", "count >= 2"))
-    assert roost(config, "rules", "disable", "door-forced").stdout == "rule door-forced disabled\n"
-    assert "door-forced  off  v2" in roost(config, "rules", "ls").stdout
-    assert roost(config, "rules", "rm", "door-forced").stdout == "rule door-forced removed\n"
-    gone = roost(config, "rules", "show", "door-forced")
+    assert cli(config, "rules", "disable", "door-forced").stdout == "rule door-forced disabled\n"
+    assert "door-forced  off  v2" in cli(config, "rules", "ls").stdout
+    assert cli(config, "rules", "rm", "door-forced").stdout == "rule door-forced removed\n"
+    gone = cli(config, "rules", "show", "door-forced")
     assert gone.returncode != 0
     assert gone.stderr == "error: no rule 'door-forced'\n"
