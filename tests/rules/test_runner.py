@@ -21,7 +21,7 @@ from roost.events.models import EventRow
 from roost.events.store import expire_events, insert_events, when_stored
 from roost.rules import service
 from roost.rules.models import ActionRow, RuleCursor
-from roost.rules.runner import RuleRunner
+from roost.rules.runner import MAX_CHAIN, RuleRunner
 from system.procs import wait_for
 
 from .conftest import BLOOD_PRESSURE, DOOR_FORCED, T0, event
@@ -298,6 +298,22 @@ def test_a_long_backlog_goes_in_batches(db: Database) -> None:
     passes = [runner.run_once() for _ in range(3)]
     assert [(p.events, p.more) for p in passes] == [(3, True), (3, True), (1, False)]
     assert len(outbox(db)) == 2
+
+
+def test_rules_reacting_to_their_own_events_stop_after_a_chain(db: Database) -> None:
+    apply(db, "id: echo\ntrigger: {type: ping}\nactions: [{kind: emit, type: ping}]\n")
+    runner = at_noon(db)
+    store(db, event("ping"))
+    emitted: set[str] = set()
+    for _ in range(3 * MAX_CHAIN):
+        runner.run_once()
+        # Deliver the emit actions as the outbox does: an event whose id is the key.
+        for action in outbox(db):
+            if action.key not in emitted:
+                emitted.add(action.key)
+                echo = event("ping", source="roost://rules/echo", id=action.key)
+                store(db, echo)
+    assert len(outbox(db)) == MAX_CHAIN, "the event at the end of the chain is not evaluated"
 
 
 def test_idle_window_groups_expire_now_and_then(db: Database) -> None:

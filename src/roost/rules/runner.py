@@ -18,9 +18,12 @@ Delivering the outbox is not this module's job.
 - **Wake-up.** ``run`` waits on an ``asyncio.Event`` the hub sets as soon as a
   transaction that stored events commits (``roost.events.store.when_stored``), and
   polls every ``POLL_S`` for what other replicas stored.
-- **No loops.** The runner records no event of its own (no ``roost.rule.fired``): one
-  that rules could match would make a rule fire on its own firings. The outbox is the
-  record of what fired (``GET /v1/actions``).
+- **No endless loops.** The runner records no event of its own (no ``roost.rule.fired``):
+  one that rules could match would make a rule fire on its own firings; the outbox is the
+  record of what fired (``GET /v1/actions``). An ``emit`` action stores a new event whose
+  id is the action's key, and rules see it like any other; so that rules reacting to each
+  other's events (or a rule to its own) cannot go round forever, an event at the end of
+  a chain of ``MAX_CHAIN`` such events is not evaluated.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from sqlalchemy.orm import Session
 from roost.db import Database, utcnow
 from roost.errors import RuleError
 from roost.events.models import EventRow
-from roost.rules.engine import Engine
+from roost.rules.engine import RULE_SOURCE, Engine
 from roost.rules.models import ActionRow, RuleCursor, RuleRow
 from roost.rules.spec import Rule, parse_rules
 from roost.rules.window import Limits
@@ -54,6 +57,9 @@ BATCH = 500
 POLL_S = 1.0
 # How often each tenant's idle window groups are dropped.
 EXPIRE_S = 60.0
+# An event emitted by a rule reacting to an event emitted by a rule ... this many times
+# over is not evaluated.
+MAX_CHAIN = 8
 
 
 @dataclass
@@ -257,7 +263,7 @@ class RuleRunner:
                     .limit(self.batch)
                 )
             )
-            actions, counted = self._evaluate(tenant, rows, now)
+            actions, counted = self._evaluate(session, tenant, rows, now)
             if expire and tenant.engine.expire(now):
                 counted = True
             full = len(rows) == self.batch
@@ -283,13 +289,20 @@ class RuleRunner:
         progress.more = progress.more or full
 
     def _evaluate(
-        self, tenant: _Tenant, rows: list[EventRow], now: dt.datetime
+        self, session: Session, tenant: _Tenant, rows: list[EventRow], now: dt.datetime
     ) -> tuple[list[dict[str, Any]], bool]:
         """The outbox rows of the firings, and whether any window counted."""
         actions: list[dict[str, Any]] = []
         counted = False
         engine = tenant.engine
         for row in rows:
+            if row.source.startswith(RULE_SOURCE) and _chain(session, row) >= MAX_CHAIN:
+                log.warning(
+                    "event %s is the %dth in a chain of rules' events; not evaluated",
+                    row.event_id,
+                    MAX_CHAIN,
+                )
+                continue
             event = cloud_event(row)
             try:
                 counted = counted or any(r.window is not None for r in engine.route(event))
@@ -322,6 +335,22 @@ class _CursorMoved(Exception):
 
     def __init__(self, tenant_id: str) -> None:
         super().__init__(f"the rules cursor of tenant {tenant_id} moved under this pass")
+
+
+def _chain(session: Session, row: EventRow) -> int:
+    """How many rules' ``emit`` actions led to this event, up to ``MAX_CHAIN``: each such
+    event's id is the key of the action that made it, whose event may be one too."""
+    depth, event_id = 0, row.event_id
+    while depth < MAX_CHAIN:
+        found = session.scalar(
+            select(ActionRow.event_id).where(
+                ActionRow.tenant_id == row.tenant_id, ActionRow.key == event_id
+            )
+        )
+        if found is None:
+            return depth
+        depth, event_id = depth + 1, found
+    return depth
 
 
 def _lock(session: Session, tenant_id: str, now: dt.datetime) -> int | None:
