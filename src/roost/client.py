@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 
 import httpx
 
@@ -297,6 +297,63 @@ class RoostClient:
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/v1/hub/stats")
+        return result
+
+    # -- store ---------------------------------------------------------------------------
+
+    def put_object(
+        self,
+        bucket: str,
+        name: str,
+        file: Path,
+        progress: Callable[[int], None] | None = None,
+        code: tuple[int, int] | None = None,
+    ) -> dict[str, Any]:
+        """Store ``file`` as ``bucket/name`` across the devices; streamed, never read whole."""
+
+        def chunks() -> Iterator[bytes]:
+            with file.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    if progress is not None:
+                        progress(len(chunk))
+                    yield chunk
+
+        params = {"k": code[0], "n": code[1]} if code else None
+        result: dict[str, Any] = self._call(
+            "PUT", f"/v1/store/{bucket}/{name}", timeout=600, content=chunks(), params=params
+        )
+        return result
+
+    def get_object(
+        self, bucket: str, name: str, out: BinaryIO, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Write ``bucket/name`` to ``out`` as it streams in; answers its size."""
+        try:
+            with self._http.stream("GET", f"/v1/store/{bucket}/{name}", timeout=600) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for(response)
+                size = 0
+                for chunk in response.iter_bytes(1 << 20):
+                    out.write(chunk)
+                    size += len(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+                return size
+        except httpx.TransportError as err:
+            raise HubUnreachableError(self.config.hub_url, str(err) or type(err).__name__) from err
+
+    def objects(self, bucket: str = "") -> list[dict[str, Any]]:
+        params = {"bucket": bucket} if bucket else None
+        result: list[dict[str, Any]] = self._call("GET", "/v1/store", params=params)
+        return result
+
+    def stat_object(self, bucket: str, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/v1/store/{bucket}/{name}/stat")
+        return result
+
+    def delete_object(self, bucket: str, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", f"/v1/store/{bucket}/{name}")
         return result
 
     # -- apps ----------------------------------------------------------------------------

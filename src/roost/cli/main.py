@@ -20,6 +20,7 @@ from roost.cli.events import events_app, schedules_app
 from roost.cli.rollouts import deploy, rollout_app, undeploy
 from roost.cli.rules import rules_app
 from roost.cli.secrets import secrets_app
+from roost.cli.store import store_app
 from roost.errors import RoostError, ValidationError
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ app.add_typer(rollout_app, name="rollout")
 app.add_typer(deadletters_app, name="deadletters")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(rules_app, name="rules")
+app.add_typer(store_app, name="store")
 app.command("deploy")(deploy)
 app.command("undeploy")(undeploy)
 

@@ -24,6 +24,7 @@ from roost.rules.deadletters import router as deadletters_router
 from roost.rules.routes import router as rules_router
 from roost.rules.secrets import router as secrets_router
 from roost.settings import HubSettings
+from roost.storage.routes import router as storage_router
 
 log = logging.getLogger("roost.hub")
 
@@ -57,6 +58,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         rules_router,
         deadletters_router,
         secrets_router,
+        storage_router,
     ):
         app.include_router(router)
 

@@ -10,7 +10,8 @@ import roost.events.models
 import roost.fleet.models
 import roost.rollouts.models
 import roost.rules.models
-import roost.rules.secrets  # noqa: F401  (registers the tables on Base.metadata)
+import roost.rules.secrets
+import roost.storage.models  # noqa: F401  (registers the tables on Base.metadata)
 from roost.db import Base
 
 connection = context.config.attributes["connection"]

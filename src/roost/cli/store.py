@@ -1,0 +1,146 @@
+"""``roost store ...``: objects kept sealed and erasure-coded across the fleet's devices."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from roost.cli.common import ConfigOpt, JsonOpt, connect, console, print_json
+
+store_app = typer.Typer(
+    help="Storage across the devices: put, get, ls, rm, stat.", no_args_is_help=True
+)
+
+BucketOpt = Annotated[str, typer.Option("--bucket", "-b", help="the bucket")]
+DEFAULT_BUCKET = "default"
+# Below this a progress bar would only flicker.
+PROGRESS_FROM = 8 << 20
+
+
+def _progress(total: int | None, quiet: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    big = total is None or total >= PROGRESS_FROM
+    return Progress(
+        *columns, transient=True, disable=quiet or not big, console=Console(stderr=True)
+    )
+
+
+@store_app.command("put")
+def put(
+    file: Annotated[Path, typer.Argument(help="the file to store")],
+    bucket: BucketOpt = DEFAULT_BUCKET,
+    name: Annotated[str, typer.Option(help="the object's name (default: the file's)")] = "",
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Store a file: sealed, split into shares and spread over devices that offer space."""
+    from roost.errors import ValidationError
+
+    if not file.is_file():
+        raise ValidationError(f"no file at {file}")
+    size = file.stat().st_size
+    with connect(config) as client, _progress(size, as_json) as progress:
+        task = progress.add_task("put", total=size)
+        stored = client.put_object(
+            bucket, name or file.name, file, lambda n: progress.advance(task, n)
+        )
+    if as_json:
+        print_json(stored)
+        return
+    print(
+        f"stored {stored['bucket']}/{stored['name']} ({stored['size']} bytes, "
+        f"{stored['k']}-of-{stored['n']})"
+    )
+
+
+@store_app.command("get")
+def get(
+    name: Annotated[str, typer.Argument(help="the object's name")],
+    bucket: BucketOpt = DEFAULT_BUCKET,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="where to write it ('-': stdout)")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Read an object back from the devices' shares."""
+    target = out or Path(name)
+    with connect(config) as client:
+        if str(target) == "-":
+            client.get_object(bucket, name, sys.stdout.buffer)
+            return
+        partial = target.with_name(f".{target.name}.part")
+        try:
+            with partial.open("wb") as f, _progress(None, False) as progress:
+                task = progress.add_task("get", total=None)
+                size = client.get_object(bucket, name, f, lambda n: progress.advance(task, n))
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+    print(f"wrote {target} ({size} bytes)", file=sys.stderr)
+
+
+@store_app.command("ls")
+def ls(bucket: BucketOpt = "", config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """The stored objects (of one bucket, with --bucket)."""
+    with connect(config) as client:
+        objects = client.objects(bucket)
+    if as_json:
+        print_json(objects)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{len(objects)} object(s)")
+    for column in ("BUCKET", "NAME", "SIZE", "CODE", "STORED"):
+        table.add_column(column)
+    for o in objects:
+        table.add_row(
+            o["bucket"], o["name"], str(o["size"]), f"{o['k']}-of-{o['n']}", o["created_at"]
+        )
+    console().print(table)
+
+
+@store_app.command("rm")
+def rm(
+    name: Annotated[str, typer.Argument(help="the object's name")],
+    bucket: BucketOpt = DEFAULT_BUCKET,
+    config: ConfigOpt = None,
+) -> None:
+    """Delete an object and ask its devices to drop their shares."""
+    with connect(config) as client:
+        client.delete_object(bucket, name)
+    print(f"deleted {bucket}/{name}")
+
+
+@store_app.command("stat")
+def stat(
+    name: Annotated[str, typer.Argument(help="the object's name")],
+    bucket: BucketOpt = DEFAULT_BUCKET,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """An object's code, health, and where each of its shares lives."""
+    with connect(config) as client:
+        info = client.stat_object(bucket, name)
+    if as_json:
+        print_json(info)
+        return
+    print(
+        f"{info['bucket']}/{info['name']}: {info['size']} bytes, {info['k']}-of-{info['n']}, "
+        f"{info['health']}"
+    )
+    from rich.table import Table
+
+    table = Table()
+    for column in ("SHARE", "DEVICE", "STATE", "ONLINE", "SIZE"):
+        table.add_column(column)
+    for s in info["shares"]:
+        online = "yes" if s["online"] else "no"
+        table.add_row(str(s["index"]), s["device_id"], s["state"], online, str(s["size"]))
+    console().print(table)

@@ -1,0 +1,546 @@
+"""The store's HTTP API: objects for people (``/v1/store``), shares for devices.
+
+A put streams the request body through the codec (never the whole object in memory),
+spools each share index to one file under ``DATA/store/out/OBJECT/``, places the shares
+(one per device that offers space), and asks each device to fetch its share. The object
+turns ``complete`` once at least the repair threshold of shares is stored, and only then
+replaces an older object of the same name; until then it is ``pending`` and invisible.
+
+A get asks k + 1 devices holding shares (online ones first) to upload theirs to
+``DATA/store/in/TOKEN/``, then the rest if fewer than k came, checks each share file
+against its hash as it arrives, and streams the plaintext decoded from the first k.
+Fewer than k is a ``SharesUnavailableError`` naming every missing share and why.
+
+A share file holds one share index of every segment, one after the other; its hash
+(BLAKE3 of the file) is on the share row, and the manifest has each piece's hash.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+from collections.abc import Collection, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import blake3
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from roost.access import Principal
+from roost.api import DeviceDep, HubContext, HubDep, PrincipalDep
+from roost.atomic import write_atomic
+from roost.db import utcnow
+from roost.errors import NotFoundError, StorageError, ValidationError
+from roost.storage.codec import CodecParams, Decoder, EncodedSegment, Encoder, Share
+from roost.storage.keys import KeyRing
+from roost.storage.manifest import Manifest
+from roost.storage.models import ObjectRow, ShareRow
+from roost.storage.placement import choose_code, place, repair_threshold
+from roost.storage.transfer import Answer, ask_all, online, storage_nodes, timeout_for
+
+router = APIRouter(prefix="/v1")
+
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
+_TOKEN_RE = re.compile(r"^[0-9a-f]{16}$")
+DEFAULT_BUCKET = "default"
+
+
+class SharesUnavailableError(StorageError):
+    """Fewer than k of an object's shares could be read; the message names the rest."""
+
+    status = 503
+
+
+class ShareView(BaseModel):
+    index: int
+    device_id: str
+    state: str
+    online: bool
+    size: int
+    error: str
+
+
+class ObjectView(BaseModel):
+    bucket: str
+    name: str
+    id: str
+    size: int
+    k: int
+    n: int
+    created_at: str
+    health: str = ""
+    shares: list[ShareView] | None = None
+
+
+def _store_dir(hub: HubContext) -> Path:
+    return hub.settings.data_dir / "store"
+
+
+def _check_names(bucket: str, name: str) -> None:
+    if not BUCKET_RE.match(bucket) or bucket == "shares":
+        raise ValidationError(f"bucket {bucket!r}: use a-z, 0-9, '.', '_', '-' (not 'shares')")
+    if not NAME_RE.match(name):
+        raise ValidationError(f"object name {name!r}: use A-Z, a-z, 0-9, '.', '_', '-'")
+
+
+def _view(
+    obj: ObjectRow, shares: list[ShareRow] | None = None, up: Collection[str] = ()
+) -> ObjectView:
+    manifest = Manifest.from_json(obj.manifest)
+    view = ObjectView(
+        bucket=obj.bucket,
+        name=obj.name,
+        id=obj.id,
+        size=obj.size,
+        k=manifest.k,
+        n=manifest.n,
+        created_at=obj.created_at.isoformat(),
+    )
+    if shares is not None:
+        view.shares = [
+            ShareView(
+                index=s.index,
+                device_id=s.device_id,
+                state=s.state,
+                online=s.device_id in up,
+                size=s.size,
+                error=s.error,
+            )
+            for s in sorted(shares, key=lambda s: s.index)
+        ]
+        healthy = sum(1 for s in view.shares if s.state == "stored" and s.online)
+        if healthy >= repair_threshold(manifest.k, manifest.n):
+            view.health = "healthy"
+        elif healthy >= manifest.k:
+            view.health = "degraded"
+        else:
+            view.health = "unreadable"
+    return view
+
+
+def _complete(session: Session, principal: Principal, bucket: str, name: str) -> ObjectRow:
+    obj = session.scalars(
+        select(ObjectRow)
+        .where(
+            ObjectRow.tenant_id == principal.tenant_id,
+            ObjectRow.bucket == bucket,
+            ObjectRow.name == name,
+            ObjectRow.state == "complete",
+        )
+        .order_by(ObjectRow.completed_at.desc())
+    ).first()
+    if obj is None:
+        raise NotFoundError(f"no object {bucket}/{name}")
+    return obj
+
+
+def _shares(session: Session, object_id: str) -> list[ShareRow]:
+    return list(session.scalars(select(ShareRow).where(ShareRow.object_id == object_id)).all())
+
+
+def _drop(session: Session, obj: ObjectRow) -> None:
+    """Delete an object's rows: its shares first (no ORM relationship orders them)."""
+    session.execute(delete(ShareRow).where(ShareRow.object_id == obj.id))
+    session.delete(obj)
+
+
+# -- devices: shares ----------------------------------------------------------------------
+
+
+def _own_share(hub: HubContext, share_id: str, device_id: str) -> ShareRow:
+    with hub.db.session() as session:
+        share = session.get(ShareRow, share_id)
+        if share is None or share.device_id != device_id:
+            raise NotFoundError(f"no share {share_id} for device {device_id}")
+        session.expunge(share)
+        return share
+
+
+@router.get("/store/shares/{share_id}", tags=["devices"])
+async def fetch_share(share_id: str, device: DeviceDep, hub: HubDep) -> FileResponse:
+    """A share the hub asked this device to keep (while its put is in progress)."""
+    share = await run_in_threadpool(_own_share, hub, share_id, device.id)
+    path = _store_dir(hub) / "out" / share.object_id / str(share.index)
+    if not path.exists():
+        raise NotFoundError(f"share {share_id} is no longer waiting on the hub")
+    return FileResponse(path, media_type="application/octet-stream")
+
+
+@router.put("/store/shares/{share_id}", tags=["devices"])
+async def upload_share(
+    share_id: str, get: str, request: Request, device: DeviceDep, hub: HubDep
+) -> dict[str, Any]:
+    """A share this device keeps, sent for the get ``get`` that asked for it."""
+    share = await run_in_threadpool(_own_share, hub, share_id, device.id)
+    inbox = _store_dir(hub) / "in" / get
+    if not _TOKEN_RE.match(get) or not inbox.is_dir():
+        raise NotFoundError(f"no get {get!r} is waiting for shares")
+    # The device's signature already needed the whole body; it is one share, not an object.
+    body = await request.body()
+    if blake3.blake3(body).hexdigest() != share.hash:
+
+        def corrupt() -> None:
+            with hub.db.session() as session:
+                row = session.get(ShareRow, share_id)
+                if row is not None:
+                    row.state, row.error = "corrupt", "its hash did not match when read"
+
+        await run_in_threadpool(corrupt)
+        raise StorageError(f"share {share_id} does not match its hash; marked corrupt")
+    await run_in_threadpool(write_atomic, inbox / share_id, body)
+    return {"share": share_id, "bytes": len(body)}
+
+
+# -- people: objects ----------------------------------------------------------------------
+
+
+class _Spool:
+    """Share files of one object being encoded: one file per share index, hashed as written."""
+
+    def __init__(self, root: Path, n: int) -> None:
+        self.root = root
+        root.mkdir(parents=True)
+        self.files: list[BinaryIO] = [(root / str(i)).open("wb") for i in range(n)]
+        self.hashes = [blake3.blake3() for _ in range(n)]
+        self.sizes = [0] * n
+
+    def write(self, segments: list[EncodedSegment]) -> None:
+        for segment in segments:
+            for share in segment.shares:
+                self.files[share.index].write(share.data)
+                self.hashes[share.index].update(share.data)
+                self.sizes[share.index] += len(share.data)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+
+def _begin(hub: HubContext, principal: Principal, bucket: str, name: str) -> str:
+    """A pending object for this put; pending leftovers of an earlier put of it go."""
+    object_id = secrets.token_hex(16)
+    with hub.db.session() as session:
+        for old in session.scalars(
+            select(ObjectRow).where(
+                ObjectRow.tenant_id == principal.tenant_id,
+                ObjectRow.bucket == bucket,
+                ObjectRow.name == name,
+                ObjectRow.state == "pending",
+            )
+        ):
+            _drop(session, old)
+        session.add(
+            ObjectRow(
+                id=object_id,
+                tenant_id=principal.tenant_id,
+                bucket=bucket,
+                name=name,
+                manifest="",
+                wrapped_key=b"",
+            )
+        )
+    return object_id
+
+
+def _placed(
+    hub: HubContext,
+    principal: Principal,
+    object_id: str,
+    encoder: Encoder,
+    spool: _Spool,
+    placement: dict[int, str],
+) -> list[ShareRow]:
+    manifest = encoder.manifest
+    wrapped = KeyRing.open(hub.settings.data_dir).wrap(
+        principal.tenant_id, object_id, encoder.data_key
+    )
+    with hub.db.session() as session:
+        obj = session.get(ObjectRow, object_id)
+        if obj is None:
+            raise StorageError(f"object {object_id} was replaced while it was being put")
+        obj.manifest, obj.wrapped_key, obj.size = manifest.to_json(), wrapped, manifest.object_size
+        rows = [
+            ShareRow(
+                id=secrets.token_hex(8),
+                object_id=object_id,
+                index=index,
+                device_id=device_id,
+                state="pending",
+                size=spool.sizes[index],
+                hash=spool.hashes[index].hexdigest(),
+                error="",
+            )
+            for index, device_id in placement.items()
+        ]
+        session.add_all(rows)
+        session.flush()
+        for row in rows:
+            session.expunge(row)
+        return rows
+
+
+def _finish(
+    hub: HubContext,
+    principal: Principal,
+    object_id: str,
+    answers: dict[str, Answer],
+    threshold: int,
+) -> tuple[ObjectView | None, list[Placed], str]:
+    """Record what the devices did; complete the object if enough shares are stored.
+
+    Answers the object (or None), the shares to delete from devices (an older object's
+    when this one replaces it; this one's when it failed), and why it failed.
+    """
+    with hub.db.session() as session:
+        obj = session.get(ObjectRow, object_id)
+        if obj is None:
+            raise StorageError(f"object {object_id} was replaced while it was being put")
+        shares = _shares(session, object_id)
+        for share in shares:
+            answer = answers[share.id]
+            share.state, share.error = ("stored", "") if answer.ok else ("failed", answer.error)
+        stored = [s for s in shares if s.state == "stored"]
+        if len(stored) < threshold:
+            problems = "; ".join(f"share {s.index}: {s.error}" for s in shares if s.error)
+            why = (
+                f"only {len(stored)} of {len(shares)} shares reached devices and "
+                f"{threshold} are needed ({problems})"
+            )
+            placed = _placed_on(stored)
+            _drop(session, obj)
+            return None, placed, why
+        old_objects = session.scalars(
+            select(ObjectRow).where(
+                ObjectRow.tenant_id == obj.tenant_id,
+                ObjectRow.bucket == obj.bucket,
+                ObjectRow.name == obj.name,
+                ObjectRow.id != obj.id,
+            )
+        ).all()
+        replaced = _placed_on([s for old in old_objects for s in _shares(session, old.id)])
+        for old in old_objects:
+            _drop(session, old)
+        obj.state, obj.completed_at = "complete", utcnow()
+        return _view(obj), replaced, ""
+
+
+Placed = tuple[str, str]
+"""(device id, share id)"""
+
+
+def _placed_on(shares: list[ShareRow]) -> list[Placed]:
+    return [(s.device_id, s.id) for s in shares]
+
+
+async def _delete_shares(hub: HubContext, tenant_id: str, shares: list[Placed]) -> None:
+    """Ask devices to drop shares; best effort (an offline device keeps an orphan)."""
+    timeout = hub.settings.command_timeout_s
+    await ask_all(
+        hub,
+        tenant_id,
+        [(device, "share-delete", {"share": share}, timeout) for device, share in shares],
+    )
+
+
+@router.put("/store/{bucket}/{name}", tags=["store"], status_code=201)
+async def put_object(
+    bucket: str,
+    name: str,
+    request: Request,
+    principal: PrincipalDep,
+    hub: HubDep,
+    k: int | None = None,
+    n: int | None = None,
+) -> ObjectView:
+    """Store the request body as ``bucket/name``: sealed, coded and spread over devices."""
+    _check_names(bucket, name)
+    nodes = await run_in_threadpool(storage_nodes, hub, principal.tenant_id)
+    code = choose_code(len(nodes), (k, n) if k is not None and n is not None else None)
+    object_id = await run_in_threadpool(_begin, hub, principal, bucket, name)
+    encoder = Encoder(CodecParams(*code))
+    root = _store_dir(hub) / "out" / object_id
+    spool = await run_in_threadpool(_Spool, root, code[1])
+    try:
+        try:
+            async for chunk in request.stream():
+                # The codec and the disk block; pyeclib holds the GIL only while it codes.
+                await run_in_threadpool(spool.write, await run_in_threadpool(encoder.feed, chunk))
+            await run_in_threadpool(spool.write, await run_in_threadpool(encoder.finish))
+        finally:
+            await run_in_threadpool(spool.close)
+        manifest = encoder.manifest
+        size = max(spool.sizes[: manifest.n])
+        placement = place(object_id, nodes, manifest.n, size)
+        rows = await run_in_threadpool(
+            _placed, hub, principal, object_id, encoder, spool, placement
+        )
+        asks = [
+            (
+                row.device_id,
+                "share-fetch",
+                {"share": row.id, "size": row.size, "hash": row.hash},
+                timeout_for(hub, row.size),
+            )
+            for row in rows
+        ]
+        answers = await ask_all(hub, principal.tenant_id, asks)
+        threshold = repair_threshold(manifest.k, manifest.n)
+        view, to_delete, why = await run_in_threadpool(
+            _finish,
+            hub,
+            principal,
+            object_id,
+            dict(zip([r.id for r in rows], answers, strict=True)),
+            threshold,
+        )
+        await _delete_shares(hub, principal.tenant_id, to_delete)
+        if view is None:
+            raise StorageError(f"{bucket}/{name} was not stored: {why}")
+        return view
+    finally:
+        await run_in_threadpool(shutil.rmtree, root, True)
+
+
+@router.get("/store", tags=["store"])
+async def list_objects(principal: PrincipalDep, hub: HubDep, bucket: str = "") -> list[ObjectView]:
+    """The tenant's complete objects (of one bucket, if given)."""
+
+    def run() -> list[ObjectView]:
+        with hub.db.session() as session:
+            query = select(ObjectRow).where(
+                ObjectRow.tenant_id == principal.tenant_id, ObjectRow.state == "complete"
+            )
+            if bucket:
+                query = query.where(ObjectRow.bucket == bucket)
+            rows = session.scalars(query.order_by(ObjectRow.bucket, ObjectRow.name)).all()
+            return [_view(row) for row in rows]
+
+    return await run_in_threadpool(run)
+
+
+@router.get("/store/{bucket}/{name}/stat", tags=["store"])
+async def stat_object(bucket: str, name: str, principal: PrincipalDep, hub: HubDep) -> ObjectView:
+    """The object, where each of its shares lives, and its health."""
+
+    def run() -> ObjectView:
+        with hub.db.session() as session:
+            obj = _complete(session, principal, bucket, name)
+            shares = _shares(session, obj.id)
+            return _view(obj, shares, online(hub, [s.device_id for s in shares]))
+
+    return await run_in_threadpool(run)
+
+
+@router.delete("/store/{bucket}/{name}", tags=["store"])
+async def delete_object(
+    bucket: str, name: str, principal: PrincipalDep, hub: HubDep
+) -> dict[str, Any]:
+    def run() -> list[Placed]:
+        with hub.db.session() as session:
+            obj = _complete(session, principal, bucket, name)
+            placed = _placed_on(_shares(session, obj.id))
+            _drop(session, obj)
+            return placed
+
+    shares = await run_in_threadpool(run)
+    await _delete_shares(hub, principal.tenant_id, shares)
+    return {"bucket": bucket, "name": name, "deleted": True}
+
+
+def _to_read(
+    hub: HubContext, principal: Principal, bucket: str, name: str
+) -> tuple[ObjectRow, Manifest, bytes, list[ShareRow]]:
+
+    with hub.db.session() as session:
+        obj = _complete(session, principal, bucket, name)
+        manifest = Manifest.from_json(obj.manifest)
+        key = KeyRing.open(hub.settings.data_dir).unwrap(
+            principal.tenant_id, obj.id, obj.wrapped_key
+        )
+        shares = _shares(session, obj.id)
+        up = online(hub, [s.device_id for s in shares])
+        session.expunge_all()
+    # Online devices first, then by index: those are the ones likely to answer.
+    shares.sort(key=lambda s: (s.device_id not in up, s.state != "stored", s.index))
+    return obj, manifest, key, shares
+
+
+@router.get("/store/{bucket}/{name}", tags=["store"])
+async def get_object(
+    bucket: str, name: str, principal: PrincipalDep, hub: HubDep
+) -> StreamingResponse:
+    """The object's bytes, decoded from the first k shares that arrive and verify."""
+    obj, manifest, key, shares = await run_in_threadpool(_to_read, hub, principal, bucket, name)
+    token = secrets.token_hex(8)
+    inbox = _store_dir(hub) / "in" / token
+    await run_in_threadpool(lambda: inbox.mkdir(parents=True))
+    try:
+        problems: dict[int, str] = {
+            s.index: f"it is {s.state} on device {s.device_id}"
+            for s in shares
+            if s.state != "stored"
+        }
+        readable = [s for s in shares if s.state == "stored"]
+        arrived: dict[int, Path] = {}
+        batch, rest = readable[: manifest.k + 1], readable[manifest.k + 1 :]
+        while batch:
+            asks = [
+                (
+                    s.device_id,
+                    "share-upload",
+                    {"share": s.id, "path": f"/v1/store/shares/{s.id}?get={token}"},
+                    timeout_for(hub, s.size),
+                )
+                for s in batch
+            ]
+            for share, answer in zip(
+                batch, await ask_all(hub, principal.tenant_id, asks), strict=True
+            ):
+                path = inbox / share.id
+                if answer.ok and path.exists():
+                    arrived[share.index] = path
+                else:
+                    problems[share.index] = answer.error or "it did not arrive"
+            wanted = manifest.k - len(arrived)
+            batch, rest = rest[: max(0, wanted)], rest[max(0, wanted) :]
+        if len(arrived) < manifest.k:
+            missing = "; ".join(f"share {i}: {why}" for i, why in sorted(problems.items()))
+            raise SharesUnavailableError(
+                f"{bucket}/{name} cannot be read: {len(arrived)} of the {manifest.k} shares "
+                f"it needs arrived ({missing})"
+            )
+    except BaseException:
+        await run_in_threadpool(shutil.rmtree, inbox, True)
+        raise
+    headers = {"content-length": str(obj.size), "x-roost-object": obj.id}
+    return StreamingResponse(
+        _plaintext(manifest, key, arrived, inbox),
+        media_type="application/octet-stream",
+        headers=headers,
+    )
+
+
+def _plaintext(
+    manifest: Manifest, key: bytes, arrived: dict[int, Path], inbox: Path
+) -> Iterator[bytes]:
+    """Decode segment by segment from the share files (run in a worker thread)."""
+    files = {index: path.open("rb") for index, path in sorted(arrived.items())}
+    try:
+        decoder = Decoder(manifest, key)
+        for number, entry in enumerate(manifest.segments):
+            shares = [Share(number, i, f.read(entry.share_size)) for i, f in files.items()]
+            for done in decoder.feed(number, shares):
+                yield done.plaintext
+        for done in decoder.finish():
+            yield done.plaintext
+    finally:
+        for f in files.values():
+            f.close()
+        shutil.rmtree(inbox, ignore_errors=True)

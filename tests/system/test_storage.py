@@ -1,0 +1,130 @@
+"""The store end to end: six real agents offering space, a put, gets while devices go away.
+
+Small objects and the hub's default timeouts: agents stopped cleanly say they are
+offline, so the hub does not wait for them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from roost.errors import HubError, NotFoundError
+from system.harness import ROOST, Agent, Hub
+from system.procs import StartProc, wait_for
+
+QUOTA = str(8 << 20)
+MARK = b"Roost storage test line"
+# ~220 KB: above the copy threshold (64 KiB), so it is erasure-coded (3-of-6 on 6 devices).
+OBJECT = b"".join(MARK + f" {i:06d}\n".encode() for i in range(7000))
+
+
+def _store(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*ROOST, "store", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _share_files(agent: Agent) -> list[Path]:
+    root = agent.data_dir / "shares"
+    return [p for p in root.iterdir() if "." not in p.name] if root.exists() else []
+
+
+def _get(hub: Hub) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    with hub.client() as api:
+        api.get_object("photos", "test.txt", out)
+    return out.getvalue()
+
+
+def test_objects_survive_devices_going_away_and_stay_with_their_tenant(
+    start_proc: StartProc, tmp_path: Path, mosquitto_bin: str
+) -> None:
+    hub = Hub.start(start_proc, tmp_path / "hub")
+    config = hub.data_dir / "client.toml"
+    quota = {"ROOST_STORAGE_QUOTA_BYTES": QUOTA}
+    agents = [hub.join(tmp_path / f"a{i}", env=quota) for i in range(6)]
+    ids = [a.device_id for a in agents]
+    hub.wait_online(ids)
+    with hub.client() as api:
+
+        def offering() -> bool:
+            return all(d["metrics"].get("storage_free", 0) > 0 for d in api.devices())
+
+        wait_for(offering, timeout=30, what="six devices to report free space")
+
+    source = tmp_path / "test.txt"
+    source.write_bytes(OBJECT)
+    put = _store(config, "put", str(source), "--bucket", "photos", "--json")
+    assert put.returncode == 0, put.stderr
+    stat = _store(config, "stat", "test.txt", "--bucket", "photos", "--json")
+    assert stat.returncode == 0, stat.stderr
+    with hub.client() as api:
+        info = api.stat_object("photos", "test.txt")
+        assert [o["name"] for o in api.objects()] == ["test.txt"]
+    assert (info["k"], info["n"], info["size"], info["health"]) == (3, 6, len(OBJECT), "healthy")
+    holders = {s["device_id"]: s["index"] for s in info["shares"]}
+    assert sorted(holders) == sorted(ids), "one share per device"
+    assert all(s["state"] == "stored" for s in info["shares"])
+
+    # Each device holds one share file, and no plaintext of the object.
+    for agent in agents:
+        (share,) = _share_files(agent)
+        assert MARK not in share.read_bytes()
+
+    got = _store(config, "get", "test.txt", "--bucket", "photos", "-o", str(tmp_path / "back"))
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "back").read_bytes() == OBJECT
+
+    # n - k = 3 devices away: still readable.
+    for agent in agents[:3]:
+        agent.proc.stop()
+    assert _get(hub) == OBJECT
+
+    # One more: 2 of the 3 shares needed; the error names the shares that did not come.
+    agents[3].proc.stop()
+    with pytest.raises(HubError, match="cannot be read: 2 of the 3 shares") as failed:
+        _get(hub)
+    for agent in agents[:4]:
+        assert f"share {holders[agent.device_id]}: device {agent.device_id} is offline" in str(
+            failed.value
+        )
+
+    # One back: readable again.
+    hub.run_agent(agents[0], env=quota)
+    hub.wait_online([agents[0].device_id])
+    assert _get(hub) == OBJECT
+
+    # Another tenant sees nothing, and can neither read nor delete it.
+    with hub.client() as api:
+        acme_token = api.create_tenant("acme")["admin_token"]
+    with hub.client(acme_token) as acme:
+        assert acme.objects() == []
+        with pytest.raises(NotFoundError):
+            acme.stat_object("photos", "test.txt")
+        with pytest.raises(NotFoundError):
+            acme.delete_object("photos", "test.txt")
+        with pytest.raises(NotFoundError), (tmp_path / "acme").open("wb") as out:
+            acme.get_object("photos", "test.txt", out)
+    assert _get(hub) == OBJECT
+
+    # The owner deletes it: gone from the list, and online devices drop their shares.
+    removed = _store(config, "rm", "test.txt", "--bucket", "photos")
+    assert removed.returncode == 0, removed.stderr
+    with hub.client() as api:
+        assert api.objects() == []
+        with pytest.raises(NotFoundError):
+            api.stat_object("photos", "test.txt")
+    online = (agents[0], agents[4], agents[5])
+
+    def dropped() -> bool:
+        return not any(_share_files(agent) for agent in online)
+
+    wait_for(dropped, timeout=10, what="online devices to drop their shares")
