@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,25 @@ StartProc = Callable[..., Proc]
 ROOST = [sys.executable, "-m", "roost"]
 
 
+def cli(config: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """``roost ARGS`` as its own process, talking to the hub of client config ``config``."""
+    return subprocess.run(
+        [*ROOST, *args],
+        env={**os.environ, "ROOST_CONFIG": str(config)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def cli_ok(config: Path, *args: str) -> str:
+    """``cli`` that must succeed; its standard output."""
+    done = cli(config, *args)
+    assert done.returncode == 0, f"roost {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
 @dataclass
 class Agent:
     proc: Proc
@@ -33,8 +53,6 @@ class Agent:
     device_id: str
 
     def emit(self, event_type: str, data: Any) -> str:
-        import subprocess
-
         out = subprocess.run(
             [
                 *ROOST,

@@ -10,51 +10,13 @@ A second version replaces the first; dropping the app from the desired state sto
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from system.harness import ROOST, Hub
+from system.harness import Hub, cli_ok
 from system.procs import StartProc, free_port, wait_for
-
-APP = """\
-name = "hello"
-version = "{version}"
-description = "answers hello over HTTP"
-command = ["/usr/bin/python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
-network = true
-ports = [{{ port = {port} }}]
-
-[health]
-kind = "http"
-port = {port}
-interval = 1
-timeout = 1
-grace = 10
-"""
-
-
-def roost(config: Path, *args: str) -> str:
-    done = subprocess.run(
-        [*ROOST, *args],
-        env={**os.environ, "ROOST_CONFIG": str(config)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, f"roost {' '.join(args)}:\n{done.stderr}"
-    return done.stdout
-
-
-def make_app(root: Path, version: str, port: int) -> Path:
-    source = root / f"hello-{version}"
-    source.mkdir(parents=True)
-    (source / "roost.toml").write_text(APP.format(version=version, port=port))
-    (source / "index.html").write_text(f"hello from {version}\n")
-    return source
+from system.releases import write_app
 
 
 def reported_app(api: Any, device_id: str) -> dict[str, Any]:
@@ -73,16 +35,16 @@ def test_a_published_app_runs_on_the_device_and_is_replaced_and_removed(
 
     bundles = tmp_path / "bundles"
     for version in ("1.0.0", "1.1.0"):
-        out = roost(
-            config, "app", "build", str(make_app(tmp_path, version, port)), "--out", str(bundles)
+        out = cli_ok(
+            config, "app", "build", str(write_app(tmp_path, version, port)), "--out", str(bundles)
         )
         assert f"hello-{version}.tar.gz" in out
     published = json.loads(
-        roost(config, "app", "publish", str(bundles / "hello-1.0.0.tar.gz"), "--json")
+        cli_ok(config, "app", "publish", str(bundles / "hello-1.0.0.tar.gz"), "--json")
     )
     assert published["new"] is True
     assert published["version"] == "1.0.0"
-    again = roost(config, "app", "publish", str(bundles / "hello-1.0.0.tar.gz"))
+    again = cli_ok(config, "app", "publish", str(bundles / "hello-1.0.0.tar.gz"))
     assert "already published" in again
 
     with hub.client() as api:
@@ -97,14 +59,14 @@ def test_a_published_app_runs_on_the_device_and_is_replaced_and_removed(
         assert app["isolation"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5) as r:
             assert r.read().decode() == "hello from 1.0.0\n"
-        logs = roost(config, "app", "logs", agent.device_id, "hello", "-n", "20")
+        logs = cli_ok(config, "app", "logs", agent.device_id, "hello", "-n", "20")
         assert "GET /index.html" in logs
         shown = api.app("hello")
         assert [r["version"] for r in shown["releases"]] == ["1.0.0"]
         assert shown["devices"][agent.device_id]["version"] == "1.0.0"
 
         # A new version replaces the running one.
-        roost(config, "app", "publish", str(bundles / "hello-1.1.0.tar.gz"))
+        cli_ok(config, "app", "publish", str(bundles / "hello-1.1.0.tar.gz"))
         api.set_desired(agent.device_id, {"apps": {"hello": {"version": "1.1.0"}}})
         wait_for(
             lambda: (
@@ -123,7 +85,7 @@ def test_a_published_app_runs_on_the_device_and_is_replaced_and_removed(
                 return False
 
         wait_for(lambda: serves("hello from 1.1.0\n"), timeout=20, what="the new version serving")
-        listing = roost(config, "app", "ls")
+        listing = cli_ok(config, "app", "ls")
         assert "hello" in listing
         assert "1.1.0" in listing
 

@@ -8,9 +8,7 @@ tenant only ever gets its own catalog's key.
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,19 +18,8 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from system.harness import ROOST, Hub
+from system.harness import Hub, cli
 from system.procs import StartProc
-
-
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*ROOST, *args],
-        env={**os.environ, "ROOST_CONFIG": str(config)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def public_hex(pem: bytes) -> str:

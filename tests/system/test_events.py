@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from roost.errors import HubError
-from system.harness import ROOST, Hub
+from system.harness import ROOST, Hub, cli
 from system.procs import StartProc, wait_for
-
-
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*ROOST, *args],
-        env={**os.environ, "ROOST_CONFIG": str(config)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_events_are_sent_stored_once_followed_and_kept_per_tenant(
@@ -32,16 +19,19 @@ def test_events_are_sent_stored_once_followed_and_kept_per_tenant(
     hub = Hub.start(start_proc, tmp_path / "hub")
     config = hub.data_dir / "client.toml"
 
-    # `roost events tail` follows what is stored from now on.
+    # `roost events tail` shows the newest stored event, then follows what comes.
+    with hub.client() as api:
+        api.send_event("home.started")
     tail = start_proc(
-        [*ROOST, "events", "tail", "--type", "home.*", "--last", "0"],
+        [*ROOST, "events", "tail", "--type", "home.*", "--last", "1"],
         name="tail",
         env={"ROOST_CONFIG": str(config), "PYTHONUNBUFFERED": "1"},
     )
 
     def lines() -> list[str]:
-        return [line for line in tail.log_text().splitlines() if line[:2] == "20"]
+        return [line for line in tail.log_text().splitlines() if line[:2] == "20"][1:]
 
+    wait_for(lambda: "home.started" in tail.log_text(), timeout=30, what="the tail to start")
     with hub.client() as api:
         door = ("--subject", "door/front", "--source", "sensors", "--id", "e-1")
         sent = cli(config, "events", "send", "home.door.forced", *door, "--data", '{"n": 1}')
@@ -54,9 +44,9 @@ def test_events_are_sent_stored_once_followed_and_kept_per_tenant(
         assert again["ids"] == ["e-1"]
         api.send_events([{"type": "home.light.on"}, {"type": "office.light.on"}])
         stored = api.events(type="home.*")
-        assert [e["type"] for e in stored] == ["home.door.forced", "home.light.on"]
-        assert stored[0]["source"] == "roost://api/sensors"
-        assert (stored[0]["subject"], stored[0]["data"]) == ("door/front", {"n": 1})
+        assert [e["type"] for e in stored] == ["home.started", "home.door.forced", "home.light.on"]
+        assert stored[1]["source"] == "roost://api/sensors"
+        assert (stored[1]["subject"], stored[1]["data"]) == ("door/front", {"n": 1})
 
         wait_for(lambda: len(lines()) >= 2, timeout=20, what="the tail to show two events")
         shown = lines()

@@ -8,12 +8,10 @@ device that joins the selector afterwards gets the deployed version; undeploy re
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from system.harness import ROOST, Hub
+from system.harness import Hub, cli, cli_ok
 from system.procs import StartProc, wait_for
 
 APP = """\
@@ -32,29 +30,12 @@ retries = 2
 """
 
 
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*ROOST, *args],
-        env={**os.environ, "ROOST_CONFIG": str(config)},
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-
-
-def ok(config: Path, *args: str) -> str:
-    done = cli(config, *args)
-    assert done.returncode == 0, f"roost {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 def publish(config: Path, root: Path, version: str, check: str) -> None:
     source = root / f"ticker-{version}"
     source.mkdir(parents=True)
     (source / "roost.toml").write_text(APP.format(version=version, check=check))
-    ok(config, "app", "build", str(source), "--out", str(root / "bundles"))
-    ok(config, "app", "publish", str(root / "bundles" / f"ticker-{version}.tar.gz"))
+    cli_ok(config, "app", "build", str(source), "--out", str(root / "bundles"))
+    cli_ok(config, "app", "publish", str(root / "bundles" / f"ticker-{version}.tar.gz"))
 
 
 def deploy(version: str, *options: str) -> tuple[str, ...]:
@@ -87,7 +68,7 @@ def test_a_release_rolls_out_in_waves_halts_when_bad_and_survives_a_hub_restart(
     publish(config, tmp_path, "1.2.0", "/usr/bin/false")
 
     # A good release reaches every device, canary first; --wait follows it to the end.
-    out = ok(config, *deploy("1.0.0", "--soak", "1s", "--wait"))
+    out = cli_ok(config, *deploy("1.0.0", "--soak", "1s", "--wait"))
     assert "canary" in out
     api = hub.client()
     wait_for(lambda: runs(api, devices, "1.0.0"), timeout=60, what="1.0.0 on every device")
@@ -110,7 +91,7 @@ def test_a_release_rolls_out_in_waves_halts_when_bad_and_survives_a_hub_restart(
         assert api.twin(device)["desired"]["apps"]["ticker"] == {"version": "1.0.0"}
 
     # The hub restarts while 1.1.0 soaks on the canary; the rollout resumes and finishes.
-    started = json.loads(ok(config, *deploy("1.1.0", "--soak", "4s", "--json")))
+    started = json.loads(cli_ok(config, *deploy("1.1.0", "--soak", "4s", "--json")))
     rollout_id = started["id"]
     wait_for(
         lambda: any(ticker(api, d).get("version") == "1.1.0" for d in devices),
@@ -124,16 +105,16 @@ def test_a_release_rolls_out_in_waves_halts_when_bad_and_survives_a_hub_restart(
         lambda: api.rollout(rollout_id)["status"] == "done", timeout=90, what="the rollout done"
     )
     wait_for(lambda: runs(api, devices, "1.1.0"), timeout=60, what="1.1.0 on every device")
-    shown = ok(config, "rollout", "show", rollout_id)
+    shown = cli_ok(config, "rollout", "show", rollout_id)
     assert "passed" in shown
-    assert rollout_id in ok(config, "rollout", "ls")
+    assert rollout_id in cli_ok(config, "rollout", "ls")
 
     # A device that joins the selector later gets the deployed version.
     late = hub.join(tmp_path / "late", {"role": "router"})
     wait_for(lambda: runs(api, [late.device_id], "1.1.0"), timeout=90, what="the late device")
 
     # Undeploy takes the app off every device it reached.
-    assert "4 device(s)" in ok(config, "undeploy", "ticker")
+    assert "4 device(s)" in cli_ok(config, "undeploy", "ticker")
     everyone = [*devices, late.device_id]
     wait_for(lambda: all(not ticker(api, d) for d in everyone), timeout=60, what="ticker removed")
     assert api.deployments() == []
