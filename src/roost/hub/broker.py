@@ -39,6 +39,8 @@ def acl_text(revoked: Iterable[str]) -> str:
         "# Written by the Roost hub; edits are overwritten.",
         f"user {topics.HUB_IDENTITY}",
         f"topic readwrite {topics.PREFIX}/#",
+        # Rules' publish actions, to topics outside roost/ (for whoever may read there).
+        "topic write #",
         "",
     ]
     for device_id in sorted(revoked):
