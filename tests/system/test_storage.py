@@ -7,6 +7,7 @@ offline, so the hub does not wait for them.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,15 @@ def test_objects_survive_devices_going_away_and_stay_with_their_tenant(
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "back").read_bytes() == OBJECT
 
+    # A device asks for a share that is not its own: refused, whatever the share's state.
+    (theirs,) = _share_files(agents[0])
+    with pytest.raises(HubError, match=f"no share {theirs.name} for device") as refused:
+        _fetch_as(agents[1], hub, f"/v1/store/shares/{theirs.name}")
+    assert refused.value.status == 404
+
+    _small_object_with_a_corrupt_share(hub, agents, tmp_path)
+    _interrupted_put_is_replaced_by_a_retry(hub, tmp_path)
+
     # n - k = 3 devices away: still readable.
     for agent in agents[:3]:
         agent.proc.stop()
@@ -128,3 +138,72 @@ def test_objects_survive_devices_going_away_and_stay_with_their_tenant(
         return not any(_share_files(agent) for agent in online)
 
     wait_for(dropped, timeout=10, what="online devices to drop their shares")
+
+
+def _fetch_as(agent: Agent, hub: Hub, path: str) -> bytes:
+    from roost.agent import hubapi
+    from roost.agent.identity import IdentityStore
+
+    store = IdentityStore(agent.data_dir)
+    signer = hubapi.device_signer(agent.device_id, store.key_pem())
+    context = hubapi.verified_context(store.ca_path.read_text())
+    return hubapi.fetch(hub.url, path, context, signer, timeout=10)
+
+
+def _small_object_with_a_corrupt_share(hub: Hub, agents: list[Agent], tmp_path: Path) -> None:
+    """Below 64 KiB an object is copied (1-of-4 on six devices); a copy rotten on its
+    device's disk is reported, and the get uses another."""
+    import io
+
+    small = tmp_path / "small.txt"
+    small.write_bytes(OBJECT[:10_000])
+    with hub.client() as api:
+        api.put_object("photos", "small.txt", small)
+        info = api.stat_object("photos", "small.txt")
+        assert (info["k"], info["n"]) == (1, 4)
+        first = next(s for s in info["shares"] if s["index"] == 0)
+        holder = next(a for a in agents if a.device_id == first["device_id"])
+        (share,) = (p for p in _share_files(holder) if p.stat().st_size < 20_000)
+        rotten = bytearray(share.read_bytes())
+        rotten[100] ^= 1
+        share.write_bytes(bytes(rotten))
+
+        out = io.BytesIO()
+        api.get_object("photos", "small.txt", out)
+        assert out.getvalue() == OBJECT[:10_000]
+        states = {s["index"]: s["state"] for s in api.stat_object("photos", "small.txt")["shares"]}
+        assert states == {0: "corrupt", 1: "stored", 2: "stored", 3: "stored"}
+        api.delete_object("photos", "small.txt")
+
+
+def _interrupted_put_is_replaced_by_a_retry(hub: Hub, tmp_path: Path) -> None:
+    """A put cut off half-way leaves a pending object nobody sees; a retry replaces it."""
+    import sqlite3
+
+    import httpx
+
+    def pending() -> int:
+        with sqlite3.connect(hub.data_dir / "roost.db") as db:
+            query = (
+                "select count(*) from store_objects where name = 'cut.txt' and state = 'pending'"
+            )
+            count: int = db.execute(query).fetchone()[0]
+            return count
+
+    def cut_off() -> Iterator[bytes]:
+        yield OBJECT[:100_000]
+        raise ConnectionAbortedError("the client went away")
+
+    with hub.client() as api:
+        with pytest.raises((ConnectionAbortedError, httpx.HTTPError)):
+            api._http.put("/v1/store/photos/cut.txt", content=cut_off())
+        wait_for(lambda: pending() == 1, timeout=10, what="the cut-off put to be pending")
+        assert "cut.txt" not in [o["name"] for o in api.objects()]
+        with pytest.raises(NotFoundError):
+            api.stat_object("photos", "cut.txt")
+        source = tmp_path / "cut.txt"
+        source.write_bytes(OBJECT)
+        api.put_object("photos", "cut.txt", source)
+        assert pending() == 0
+        assert api.stat_object("photos", "cut.txt")["health"] == "healthy"
+        api.delete_object("photos", "cut.txt")

@@ -67,17 +67,18 @@ class ShareStore:
         write_atomic(path, data, mode=0o600)
         write_atomic(path.with_name(share_id + _HASH), expected_hash, mode=0o600)
 
-    def read(self, share_id: str) -> bytes:
-        """The share's bytes, if they still match the hash it was stored with."""
+    def read(self, share_id: str) -> tuple[bytes, str]:
+        """The share's bytes and ``""``, or ``b""`` and what is wrong with it: ``missing``,
+        or ``corrupt`` (it no longer matches the hash it was stored with)."""
         path = self._path(share_id)
         try:
             data = path.read_bytes()
             expected = path.with_name(share_id + _HASH).read_text().strip()
-        except FileNotFoundError as err:
-            raise StorageError(f"this device has no share {share_id}") from err
+        except FileNotFoundError:
+            return b"", "missing"
         if blake3.blake3(data).hexdigest() != expected:
-            raise StorageError(f"share {share_id} is corrupt on this device's disk")
-        return data
+            return b"", "corrupt"
+        return data, ""
 
     def delete(self, share_id: str) -> bool:
         path = self._path(share_id)
@@ -128,7 +129,10 @@ class ShareCommands:
         share_id, path = str(args["share"]), str(args["path"])
         if not path.startswith(f"/v1/store/shares/{share_id}"):
             raise ValidationError(f"share-upload goes to /v1/store/shares/{share_id} only")
-        data = await asyncio.to_thread(self.store.read, share_id)
+        data, problem = await asyncio.to_thread(self.store.read, share_id)
+        if problem:
+            # Not an error: the hub asked, and learns that this share needs repair.
+            return {"share": share_id, "problem": problem}
         url, context, signer = self._hub()
         await asyncio.to_thread(
             hubapi.request, url, "PUT", path, context, data, signer, self._timeout

@@ -185,14 +185,8 @@ async def upload_share(
     # The device's signature already needed the whole body; it is one share, not an object.
     body = await request.body()
     if blake3.blake3(body).hexdigest() != share.hash:
-
-        def corrupt() -> None:
-            with hub.db.session() as session:
-                row = session.get(ShareRow, share_id)
-                if row is not None:
-                    row.state, row.error = "corrupt", "its hash did not match when read"
-
-        await run_in_threadpool(corrupt)
+        why = "what its device sent did not match its hash"
+        await run_in_threadpool(_mark, hub, {share_id: ("corrupt", why)})
         raise StorageError(f"share {share_id} does not match its hash; marked corrupt")
     await run_in_threadpool(write_atomic, inbox / share_id, body)
     return {"share": share_id, "bytes": len(body)}
@@ -500,14 +494,21 @@ async def get_object(
                 )
                 for s in batch
             ]
-            for share, answer in zip(
-                batch, await ask_all(hub, principal.tenant_id, asks), strict=True
-            ):
+            answers = await ask_all(hub, principal.tenant_id, asks)
+            bad: dict[str, tuple[str, str]] = {}
+            for share, answer in zip(batch, answers, strict=True):
                 path = inbox / share.id
-                if answer.ok and path.exists():
+                result = answer.result if isinstance(answer.result, dict) else {}
+                problem = str(result.get("problem", ""))
+                if problem:
+                    bad[share.id] = (problem, "its device found it so when asked for it")
+                    problems[share.index] = f"it is {problem} on device {share.device_id}"
+                elif answer.ok and path.exists():
                     arrived[share.index] = path
                 else:
                     problems[share.index] = answer.error or "it did not arrive"
+            if bad:
+                await run_in_threadpool(_mark, hub, bad)
             wanted = manifest.k - len(arrived)
             batch, rest = rest[: max(0, wanted)], rest[max(0, wanted) :]
         if len(arrived) < manifest.k:
@@ -525,6 +526,15 @@ async def get_object(
         media_type="application/octet-stream",
         headers=headers,
     )
+
+
+def _mark(hub: HubContext, problems: dict[str, tuple[str, str]]) -> None:
+    """Record shares found missing or corrupt: {share id: (state, why)}."""
+    with hub.db.session() as session:
+        for share_id, (state, why) in problems.items():
+            row = session.get(ShareRow, share_id)
+            if row is not None:
+                row.state, row.error = state, why
 
 
 def _plaintext(
