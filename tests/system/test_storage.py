@@ -36,12 +36,12 @@ def _share_files(agent: Agent) -> list[Path]:
     return [p for p in root.iterdir() if "." not in p.name] if root.exists() else []
 
 
-def _get(hub: Hub) -> bytes:
+def _get(hub: Hub, name: str = "test.txt") -> bytes:
     import io
 
     out = io.BytesIO()
     with hub.client() as api:
-        api.get_object("photos", "test.txt", out)
+        api.get_object("photos", name, out)
     return out.getvalue()
 
 
@@ -178,17 +178,10 @@ def _small_object_with_a_corrupt_share(hub: Hub, agents: list[Agent], tmp_path: 
 
 def _interrupted_put_is_replaced_by_a_retry(hub: Hub, tmp_path: Path) -> None:
     """A put cut off half-way leaves a pending object nobody sees; a retry replaces it."""
-    import sqlite3
-
     import httpx
 
     def pending() -> int:
-        with sqlite3.connect(hub.data_dir / "roost.db") as db:
-            query = (
-                "select count(*) from store_objects where name = 'cut.txt' and state = 'pending'"
-            )
-            count: int = db.execute(query).fetchone()[0]
-            return count
+        return _pending(hub, "cut.txt")
 
     def cut_off() -> Iterator[bytes]:
         yield OBJECT[:100_000]
@@ -207,3 +200,57 @@ def _interrupted_put_is_replaced_by_a_retry(hub: Hub, tmp_path: Path) -> None:
         assert pending() == 0
         assert api.stat_object("photos", "cut.txt")["health"] == "healthy"
         api.delete_object("photos", "cut.txt")
+
+
+def _pending(hub: Hub, name: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(hub.data_dir / "roost.db") as db:
+        query = "select count(*) from store_objects where name = ? and state = 'pending'"
+        count: int = db.execute(query, (name,)).fetchone()[0]
+        return count
+
+
+def test_a_hub_killed_mid_put_shows_no_half_object_and_the_put_can_be_retried(
+    start_proc: StartProc, tmp_path: Path, mosquitto_bin: str
+) -> None:
+    import os
+    import signal
+
+    import httpx
+
+    hub = Hub.start(start_proc, tmp_path / "hub")
+    env = {"ROOST_STORAGE_QUOTA_BYTES": QUOTA, "ROOST_RECONNECT_MAX_S": "1"}
+    agents = [hub.join(tmp_path / f"a{i}", env=env) for i in range(3)]
+    hub.wait_online([a.device_id for a in agents])
+    with hub.client() as api:
+
+        def offering() -> bool:
+            return all(d["metrics"].get("storage_free", 0) > 0 for d in api.devices())
+
+        wait_for(offering, timeout=30, what="three devices to report free space")
+
+    def crash_half_way() -> Iterator[bytes]:
+        yield OBJECT[:100_000]
+        wait_for(lambda: _pending(hub, "big.txt") == 1, timeout=10, what="the put to begin")
+        assert hub.proc is not None
+        os.killpg(hub.proc.popen.pid, signal.SIGKILL)  # the hub and its broker, at once
+        hub.proc.popen.wait()
+        yield OBJECT[100_000:]
+
+    with hub.client() as api, pytest.raises(httpx.HTTPError):
+        api._http.put("/v1/store/photos/big.txt", content=crash_half_way())
+
+    hub.run()
+    hub.wait_online([a.device_id for a in agents])
+    source = tmp_path / "big.txt"
+    source.write_bytes(OBJECT)
+    with hub.client() as api:
+        assert api.objects() == []
+        with pytest.raises(NotFoundError):
+            api.stat_object("photos", "big.txt")
+        assert _pending(hub, "big.txt") == 1
+        api.put_object("photos", "big.txt", source)
+        assert _pending(hub, "big.txt") == 0
+        assert api.stat_object("photos", "big.txt")["health"] == "healthy"
+        assert _get(hub, "big.txt") == OBJECT

@@ -31,6 +31,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
+from starlette.requests import ClientDisconnect
 
 from roost.access import Principal
 from roost.api import DeviceDep, HubContext, HubDep, PrincipalDep
@@ -217,9 +218,14 @@ class _Spool:
             f.close()
 
 
-def _begin(hub: HubContext, principal: Principal, bucket: str, name: str) -> str:
-    """A pending object for this put; pending leftovers of an earlier put of it go."""
+def _begin(
+    hub: HubContext, principal: Principal, bucket: str, name: str
+) -> tuple[str, list[Placed]]:
+    """A pending object for this put, and the shares of pending leftovers of an earlier
+    put of it (a crashed hub, a client gone), whose rows and spool go now. A put of the
+    same name still in progress is one of them: the last put wins."""
     object_id = secrets.token_hex(16)
+    leftovers: list[Placed] = []
     with hub.db.session() as session:
         for old in session.scalars(
             select(ObjectRow).where(
@@ -228,7 +234,9 @@ def _begin(hub: HubContext, principal: Principal, bucket: str, name: str) -> str
                 ObjectRow.name == name,
                 ObjectRow.state == "pending",
             )
-        ):
+        ).all():
+            leftovers += _placed_on(_shares(session, old.id))
+            shutil.rmtree(_store_dir(hub) / "out" / old.id, ignore_errors=True)
             _drop(session, old)
         session.add(
             ObjectRow(
@@ -240,7 +248,7 @@ def _begin(hub: HubContext, principal: Principal, bucket: str, name: str) -> str
                 wrapped_key=b"",
             )
         )
-    return object_id
+    return object_id, leftovers
 
 
 def _placed(
@@ -357,7 +365,8 @@ async def put_object(
     _check_names(bucket, name)
     nodes = await run_in_threadpool(storage_nodes, hub, principal.tenant_id)
     code = choose_code(len(nodes), (k, n) if k is not None and n is not None else None)
-    object_id = await run_in_threadpool(_begin, hub, principal, bucket, name)
+    object_id, leftovers = await run_in_threadpool(_begin, hub, principal, bucket, name)
+    await _delete_shares(hub, principal.tenant_id, leftovers)
     encoder = Encoder(CodecParams(*code))
     root = _store_dir(hub) / "out" / object_id
     spool = await run_in_threadpool(_Spool, root, code[1])
@@ -367,6 +376,10 @@ async def put_object(
                 # The codec and the disk block; pyeclib holds the GIL only while it codes.
                 await run_in_threadpool(spool.write, await run_in_threadpool(encoder.feed, chunk))
             await run_in_threadpool(spool.write, await run_in_threadpool(encoder.finish))
+        except ClientDisconnect as err:
+            raise ValidationError(
+                f"the upload of {bucket}/{name} was cut off; it stays pending until a retry"
+            ) from err
         finally:
             await run_in_threadpool(spool.close)
         manifest = encoder.manifest
