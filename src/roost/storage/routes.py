@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,60 +28,45 @@ import blake3
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import BaseModel
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 from starlette.requests import ClientDisconnect
 
-from roost.access import Principal
 from roost.api import DeviceDep, HubContext, HubDep, PrincipalDep
 from roost.atomic import write_atomic
-from roost.db import utcnow
 from roost.errors import NotFoundError, StorageError, ValidationError
 from roost.storage.codec import CodecParams, Decoder, EncodedSegment, Encoder, Share
-from roost.storage.keys import KeyRing
 from roost.storage.manifest import Manifest
-from roost.storage.models import ObjectRow, ShareRow
+from roost.storage.models import ObjectRow
+from roost.storage.objects import (
+    ObjectView,
+    Placed,
+    begin_put,
+    complete_object,
+    drop,
+    finish_put,
+    mark,
+    own_share,
+    placed_on,
+    record_placement,
+    shares_of,
+    store_dir,
+    to_read,
+    view,
+)
 from roost.storage.placement import choose_code, place, repair_threshold
-from roost.storage.transfer import Answer, ask_all, online, storage_nodes, timeout_for
+from roost.storage.transfer import ask_all, online, storage_nodes, timeout_for
 
 router = APIRouter(prefix="/v1")
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
 _TOKEN_RE = re.compile(r"^[0-9a-f]{16}$")
-DEFAULT_BUCKET = "default"
 
 
 class SharesUnavailableError(StorageError):
     """Fewer than k of an object's shares could be read; the message names the rest."""
 
     status = 503
-
-
-class ShareView(BaseModel):
-    index: int
-    device_id: str
-    state: str
-    online: bool
-    size: int
-    error: str
-
-
-class ObjectView(BaseModel):
-    bucket: str
-    name: str
-    id: str
-    size: int
-    k: int
-    n: int
-    created_at: str
-    health: str = ""
-    shares: list[ShareView] | None = None
-
-
-def _store_dir(hub: HubContext) -> Path:
-    return hub.settings.data_dir / "store"
 
 
 def _check_names(bucket: str, name: str) -> None:
@@ -91,84 +76,14 @@ def _check_names(bucket: str, name: str) -> None:
         raise ValidationError(f"object name {name!r}: use A-Z, a-z, 0-9, '.', '_', '-'")
 
 
-def _view(
-    obj: ObjectRow, shares: list[ShareRow] | None = None, up: Collection[str] = ()
-) -> ObjectView:
-    manifest = Manifest.from_json(obj.manifest)
-    view = ObjectView(
-        bucket=obj.bucket,
-        name=obj.name,
-        id=obj.id,
-        size=obj.size,
-        k=manifest.k,
-        n=manifest.n,
-        created_at=obj.created_at.isoformat(),
-    )
-    if shares is not None:
-        view.shares = [
-            ShareView(
-                index=s.index,
-                device_id=s.device_id,
-                state=s.state,
-                online=s.device_id in up,
-                size=s.size,
-                error=s.error,
-            )
-            for s in sorted(shares, key=lambda s: s.index)
-        ]
-        healthy = sum(1 for s in view.shares if s.state == "stored" and s.online)
-        if healthy >= repair_threshold(manifest.k, manifest.n):
-            view.health = "healthy"
-        elif healthy >= manifest.k:
-            view.health = "degraded"
-        else:
-            view.health = "unreadable"
-    return view
-
-
-def _complete(session: Session, principal: Principal, bucket: str, name: str) -> ObjectRow:
-    obj = session.scalars(
-        select(ObjectRow)
-        .where(
-            ObjectRow.tenant_id == principal.tenant_id,
-            ObjectRow.bucket == bucket,
-            ObjectRow.name == name,
-            ObjectRow.state == "complete",
-        )
-        .order_by(ObjectRow.completed_at.desc())
-    ).first()
-    if obj is None:
-        raise NotFoundError(f"no object {bucket}/{name}")
-    return obj
-
-
-def _shares(session: Session, object_id: str) -> list[ShareRow]:
-    return list(session.scalars(select(ShareRow).where(ShareRow.object_id == object_id)).all())
-
-
-def _drop(session: Session, obj: ObjectRow) -> None:
-    """Delete an object's rows: its shares first (no ORM relationship orders them)."""
-    session.execute(delete(ShareRow).where(ShareRow.object_id == obj.id))
-    session.delete(obj)
-
-
 # -- devices: shares ----------------------------------------------------------------------
-
-
-def _own_share(hub: HubContext, share_id: str, device_id: str) -> ShareRow:
-    with hub.db.session() as session:
-        share = session.get(ShareRow, share_id)
-        if share is None or share.device_id != device_id:
-            raise NotFoundError(f"no share {share_id} for device {device_id}")
-        session.expunge(share)
-        return share
 
 
 @router.get("/store/shares/{share_id}", tags=["devices"])
 async def fetch_share(share_id: str, device: DeviceDep, hub: HubDep) -> FileResponse:
     """A share the hub asked this device to keep (while its put is in progress)."""
-    share = await run_in_threadpool(_own_share, hub, share_id, device.id)
-    path = _store_dir(hub) / "out" / share.object_id / str(share.index)
+    share = await run_in_threadpool(own_share, hub, share_id, device.id)
+    path = store_dir(hub) / "out" / share.object_id / str(share.index)
     if not path.exists():
         raise NotFoundError(f"share {share_id} is no longer waiting on the hub")
     return FileResponse(path, media_type="application/octet-stream")
@@ -179,15 +94,15 @@ async def upload_share(
     share_id: str, get: str, request: Request, device: DeviceDep, hub: HubDep
 ) -> dict[str, Any]:
     """A share this device keeps, sent for the get ``get`` that asked for it."""
-    share = await run_in_threadpool(_own_share, hub, share_id, device.id)
-    inbox = _store_dir(hub) / "in" / get
+    share = await run_in_threadpool(own_share, hub, share_id, device.id)
+    inbox = store_dir(hub) / "in" / get
     if not _TOKEN_RE.match(get) or not inbox.is_dir():
         raise NotFoundError(f"no get {get!r} is waiting for shares")
     # The device's signature already needed the whole body; it is one share, not an object.
     body = await request.body()
     if blake3.blake3(body).hexdigest() != share.hash:
         why = "what its device sent did not match its hash"
-        await run_in_threadpool(_mark, hub, {share_id: ("corrupt", why)})
+        await run_in_threadpool(mark, hub, {share_id: ("corrupt", why)})
         raise StorageError(f"share {share_id} does not match its hash; marked corrupt")
     await run_in_threadpool(write_atomic, inbox / share_id, body)
     return {"share": share_id, "bytes": len(body)}
@@ -218,129 +133,6 @@ class _Spool:
             f.close()
 
 
-def _begin(
-    hub: HubContext, principal: Principal, bucket: str, name: str
-) -> tuple[str, list[Placed]]:
-    """A pending object for this put, and the shares of pending leftovers of an earlier
-    put of it (a crashed hub, a client gone), whose rows and spool go now. A put of the
-    same name still in progress is one of them: the last put wins."""
-    object_id = secrets.token_hex(16)
-    leftovers: list[Placed] = []
-    with hub.db.session() as session:
-        for old in session.scalars(
-            select(ObjectRow).where(
-                ObjectRow.tenant_id == principal.tenant_id,
-                ObjectRow.bucket == bucket,
-                ObjectRow.name == name,
-                ObjectRow.state == "pending",
-            )
-        ).all():
-            leftovers += _placed_on(_shares(session, old.id))
-            shutil.rmtree(_store_dir(hub) / "out" / old.id, ignore_errors=True)
-            _drop(session, old)
-        session.add(
-            ObjectRow(
-                id=object_id,
-                tenant_id=principal.tenant_id,
-                bucket=bucket,
-                name=name,
-                manifest="",
-                wrapped_key=b"",
-            )
-        )
-    return object_id, leftovers
-
-
-def _placed(
-    hub: HubContext,
-    principal: Principal,
-    object_id: str,
-    encoder: Encoder,
-    spool: _Spool,
-    placement: dict[int, str],
-) -> list[ShareRow]:
-    manifest = encoder.manifest
-    wrapped = KeyRing.open(hub.settings.data_dir).wrap(
-        principal.tenant_id, object_id, encoder.data_key
-    )
-    with hub.db.session() as session:
-        obj = session.get(ObjectRow, object_id)
-        if obj is None:
-            raise StorageError(f"object {object_id} was replaced while it was being put")
-        obj.manifest, obj.wrapped_key, obj.size = manifest.to_json(), wrapped, manifest.object_size
-        rows = [
-            ShareRow(
-                id=secrets.token_hex(8),
-                object_id=object_id,
-                index=index,
-                device_id=device_id,
-                state="pending",
-                size=spool.sizes[index],
-                hash=spool.hashes[index].hexdigest(),
-                error="",
-            )
-            for index, device_id in placement.items()
-        ]
-        session.add_all(rows)
-        session.flush()
-        for row in rows:
-            session.expunge(row)
-        return rows
-
-
-def _finish(
-    hub: HubContext,
-    principal: Principal,
-    object_id: str,
-    answers: dict[str, Answer],
-    threshold: int,
-) -> tuple[ObjectView | None, list[Placed], str]:
-    """Record what the devices did; complete the object if enough shares are stored.
-
-    Answers the object (or None), the shares to delete from devices (an older object's
-    when this one replaces it; this one's when it failed), and why it failed.
-    """
-    with hub.db.session() as session:
-        obj = session.get(ObjectRow, object_id)
-        if obj is None:
-            raise StorageError(f"object {object_id} was replaced while it was being put")
-        shares = _shares(session, object_id)
-        for share in shares:
-            answer = answers[share.id]
-            share.state, share.error = ("stored", "") if answer.ok else ("failed", answer.error)
-        stored = [s for s in shares if s.state == "stored"]
-        if len(stored) < threshold:
-            problems = "; ".join(f"share {s.index}: {s.error}" for s in shares if s.error)
-            why = (
-                f"only {len(stored)} of {len(shares)} shares reached devices and "
-                f"{threshold} are needed ({problems})"
-            )
-            placed = _placed_on(stored)
-            _drop(session, obj)
-            return None, placed, why
-        old_objects = session.scalars(
-            select(ObjectRow).where(
-                ObjectRow.tenant_id == obj.tenant_id,
-                ObjectRow.bucket == obj.bucket,
-                ObjectRow.name == obj.name,
-                ObjectRow.id != obj.id,
-            )
-        ).all()
-        replaced = _placed_on([s for old in old_objects for s in _shares(session, old.id)])
-        for old in old_objects:
-            _drop(session, old)
-        obj.state, obj.completed_at = "complete", utcnow()
-        return _view(obj), replaced, ""
-
-
-Placed = tuple[str, str]
-"""(device id, share id)"""
-
-
-def _placed_on(shares: list[ShareRow]) -> list[Placed]:
-    return [(s.device_id, s.id) for s in shares]
-
-
 async def _delete_shares(hub: HubContext, tenant_id: str, shares: list[Placed]) -> None:
     """Ask devices to drop shares; best effort (an offline device keeps an orphan)."""
     timeout = hub.settings.command_timeout_s
@@ -365,10 +157,10 @@ async def put_object(
     _check_names(bucket, name)
     nodes = await run_in_threadpool(storage_nodes, hub, principal.tenant_id)
     code = choose_code(len(nodes), (k, n) if k is not None and n is not None else None)
-    object_id, leftovers = await run_in_threadpool(_begin, hub, principal, bucket, name)
+    object_id, leftovers = await run_in_threadpool(begin_put, hub, principal, bucket, name)
     await _delete_shares(hub, principal.tenant_id, leftovers)
     encoder = Encoder(CodecParams(*code))
-    root = _store_dir(hub) / "out" / object_id
+    root = store_dir(hub) / "out" / object_id
     spool = await run_in_threadpool(_Spool, root, code[1])
     try:
         try:
@@ -386,7 +178,14 @@ async def put_object(
         size = max(spool.sizes[: manifest.n])
         placement = place(object_id, nodes, manifest.n, size)
         rows = await run_in_threadpool(
-            _placed, hub, principal, object_id, encoder, spool, placement
+            record_placement,
+            hub,
+            principal,
+            object_id,
+            encoder,
+            placement,
+            spool.sizes,
+            [h.hexdigest() for h in spool.hashes],
         )
         asks = [
             (
@@ -399,8 +198,8 @@ async def put_object(
         ]
         answers = await ask_all(hub, principal.tenant_id, asks)
         threshold = repair_threshold(manifest.k, manifest.n)
-        view, to_delete, why = await run_in_threadpool(
-            _finish,
+        stored, to_delete, why = await run_in_threadpool(
+            finish_put,
             hub,
             principal,
             object_id,
@@ -408,9 +207,9 @@ async def put_object(
             threshold,
         )
         await _delete_shares(hub, principal.tenant_id, to_delete)
-        if view is None:
+        if stored is None:
             raise StorageError(f"{bucket}/{name} was not stored: {why}")
-        return view
+        return stored
     finally:
         await run_in_threadpool(shutil.rmtree, root, True)
 
@@ -427,7 +226,7 @@ async def list_objects(principal: PrincipalDep, hub: HubDep, bucket: str = "") -
             if bucket:
                 query = query.where(ObjectRow.bucket == bucket)
             rows = session.scalars(query.order_by(ObjectRow.bucket, ObjectRow.name)).all()
-            return [_view(row) for row in rows]
+            return [view(row) for row in rows]
 
     return await run_in_threadpool(run)
 
@@ -438,9 +237,9 @@ async def stat_object(bucket: str, name: str, principal: PrincipalDep, hub: HubD
 
     def run() -> ObjectView:
         with hub.db.session() as session:
-            obj = _complete(session, principal, bucket, name)
-            shares = _shares(session, obj.id)
-            return _view(obj, shares, online(hub, [s.device_id for s in shares]))
+            obj = complete_object(session, principal, bucket, name)
+            shares = shares_of(session, obj.id)
+            return view(obj, shares, online(hub, [s.device_id for s in shares]))
 
     return await run_in_threadpool(run)
 
@@ -451,9 +250,9 @@ async def delete_object(
 ) -> dict[str, Any]:
     def run() -> list[Placed]:
         with hub.db.session() as session:
-            obj = _complete(session, principal, bucket, name)
-            placed = _placed_on(_shares(session, obj.id))
-            _drop(session, obj)
+            obj = complete_object(session, principal, bucket, name)
+            placed = placed_on(shares_of(session, obj.id))
+            drop(session, obj)
             return placed
 
     shares = await run_in_threadpool(run)
@@ -461,32 +260,14 @@ async def delete_object(
     return {"bucket": bucket, "name": name, "deleted": True}
 
 
-def _to_read(
-    hub: HubContext, principal: Principal, bucket: str, name: str
-) -> tuple[ObjectRow, Manifest, bytes, list[ShareRow]]:
-
-    with hub.db.session() as session:
-        obj = _complete(session, principal, bucket, name)
-        manifest = Manifest.from_json(obj.manifest)
-        key = KeyRing.open(hub.settings.data_dir).unwrap(
-            principal.tenant_id, obj.id, obj.wrapped_key
-        )
-        shares = _shares(session, obj.id)
-        up = online(hub, [s.device_id for s in shares])
-        session.expunge_all()
-    # Online devices first, then by index: those are the ones likely to answer.
-    shares.sort(key=lambda s: (s.device_id not in up, s.state != "stored", s.index))
-    return obj, manifest, key, shares
-
-
 @router.get("/store/{bucket}/{name}", tags=["store"])
 async def get_object(
     bucket: str, name: str, principal: PrincipalDep, hub: HubDep
 ) -> StreamingResponse:
     """The object's bytes, decoded from the first k shares that arrive and verify."""
-    obj, manifest, key, shares = await run_in_threadpool(_to_read, hub, principal, bucket, name)
+    obj, manifest, key, shares = await run_in_threadpool(to_read, hub, principal, bucket, name)
     token = secrets.token_hex(8)
-    inbox = _store_dir(hub) / "in" / token
+    inbox = store_dir(hub) / "in" / token
     await run_in_threadpool(lambda: inbox.mkdir(parents=True))
     try:
         problems: dict[int, str] = {
@@ -521,7 +302,7 @@ async def get_object(
                 else:
                     problems[share.index] = answer.error or "it did not arrive"
             if bad:
-                await run_in_threadpool(_mark, hub, bad)
+                await run_in_threadpool(mark, hub, bad)
             wanted = manifest.k - len(arrived)
             batch, rest = rest[: max(0, wanted)], rest[max(0, wanted) :]
         if len(arrived) < manifest.k:
@@ -539,15 +320,6 @@ async def get_object(
         media_type="application/octet-stream",
         headers=headers,
     )
-
-
-def _mark(hub: HubContext, problems: dict[str, tuple[str, str]]) -> None:
-    """Record shares found missing or corrupt: {share id: (state, why)}."""
-    with hub.db.session() as session:
-        for share_id, (state, why) in problems.items():
-            row = session.get(ShareRow, share_id)
-            if row is not None:
-                row.state, row.error = state, why
 
 
 def _plaintext(

@@ -1,0 +1,274 @@
+"""The store's objects and shares in the database, for the routes in ``routes.py``.
+
+Each function is one transaction. Only ``complete`` objects are found by name; a put's
+object is ``pending`` until ``finish_put`` counts enough stored shares, and the next put
+of the same name removes what a put that never finished left (``begin_put``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Collection
+from pathlib import Path
+
+from pydantic import BaseModel
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from roost.access import Principal
+from roost.api import HubContext
+from roost.db import utcnow
+from roost.errors import NotFoundError, StorageError
+from roost.storage.codec import Encoder
+from roost.storage.keys import KeyRing
+from roost.storage.manifest import Manifest
+from roost.storage.models import ObjectRow, ShareRow
+from roost.storage.placement import repair_threshold
+from roost.storage.transfer import Answer, online
+
+
+class ShareView(BaseModel):
+    index: int
+    device_id: str
+    state: str
+    online: bool
+    size: int
+    error: str
+
+
+class ObjectView(BaseModel):
+    bucket: str
+    name: str
+    id: str
+    size: int
+    k: int
+    n: int
+    created_at: str
+    health: str = ""
+    shares: list[ShareView] | None = None
+
+
+def store_dir(hub: HubContext) -> Path:
+    return hub.settings.data_dir / "store"
+
+
+def view(
+    obj: ObjectRow, shares: list[ShareRow] | None = None, up: Collection[str] = ()
+) -> ObjectView:
+    manifest = Manifest.from_json(obj.manifest)
+    view = ObjectView(
+        bucket=obj.bucket,
+        name=obj.name,
+        id=obj.id,
+        size=obj.size,
+        k=manifest.k,
+        n=manifest.n,
+        created_at=obj.created_at.isoformat(),
+    )
+    if shares is not None:
+        view.shares = [
+            ShareView(
+                index=s.index,
+                device_id=s.device_id,
+                state=s.state,
+                online=s.device_id in up,
+                size=s.size,
+                error=s.error,
+            )
+            for s in sorted(shares, key=lambda s: s.index)
+        ]
+        healthy = sum(1 for s in view.shares if s.state == "stored" and s.online)
+        if healthy >= repair_threshold(manifest.k, manifest.n):
+            view.health = "healthy"
+        elif healthy >= manifest.k:
+            view.health = "degraded"
+        else:
+            view.health = "unreadable"
+    return view
+
+
+def complete_object(session: Session, principal: Principal, bucket: str, name: str) -> ObjectRow:
+    obj = session.scalars(
+        select(ObjectRow)
+        .where(
+            ObjectRow.tenant_id == principal.tenant_id,
+            ObjectRow.bucket == bucket,
+            ObjectRow.name == name,
+            ObjectRow.state == "complete",
+        )
+        .order_by(ObjectRow.completed_at.desc())
+    ).first()
+    if obj is None:
+        raise NotFoundError(f"no object {bucket}/{name}")
+    return obj
+
+
+def shares_of(session: Session, object_id: str) -> list[ShareRow]:
+    return list(session.scalars(select(ShareRow).where(ShareRow.object_id == object_id)).all())
+
+
+def drop(session: Session, obj: ObjectRow) -> None:
+    """Delete an object's rows: its shares first (no ORM relationship orders them)."""
+    session.execute(delete(ShareRow).where(ShareRow.object_id == obj.id))
+    session.delete(obj)
+
+
+def own_share(hub: HubContext, share_id: str, device_id: str) -> ShareRow:
+    with hub.db.session() as session:
+        share = session.get(ShareRow, share_id)
+        if share is None or share.device_id != device_id:
+            raise NotFoundError(f"no share {share_id} for device {device_id}")
+        session.expunge(share)
+        return share
+
+
+def begin_put(
+    hub: HubContext, principal: Principal, bucket: str, name: str
+) -> tuple[str, list[Placed]]:
+    """A pending object for this put, and the shares of pending leftovers of an earlier
+    put of it (a crashed hub, a client gone), whose rows and spool go now. A put of the
+    same name still in progress is one of them: the last put wins."""
+    object_id = secrets.token_hex(16)
+    leftovers: list[Placed] = []
+    with hub.db.session() as session:
+        for old in session.scalars(
+            select(ObjectRow).where(
+                ObjectRow.tenant_id == principal.tenant_id,
+                ObjectRow.bucket == bucket,
+                ObjectRow.name == name,
+                ObjectRow.state == "pending",
+            )
+        ).all():
+            leftovers += placed_on(shares_of(session, old.id))
+            shutil.rmtree(store_dir(hub) / "out" / old.id, ignore_errors=True)
+            drop(session, old)
+        session.add(
+            ObjectRow(
+                id=object_id,
+                tenant_id=principal.tenant_id,
+                bucket=bucket,
+                name=name,
+                manifest="",
+                wrapped_key=b"",
+            )
+        )
+    return object_id, leftovers
+
+
+def record_placement(
+    hub: HubContext,
+    principal: Principal,
+    object_id: str,
+    encoder: Encoder,
+    placement: dict[int, str],
+    sizes: list[int],
+    hashes: list[str],
+) -> list[ShareRow]:
+    manifest = encoder.manifest
+    wrapped = KeyRing.open(hub.settings.data_dir).wrap(
+        principal.tenant_id, object_id, encoder.data_key
+    )
+    with hub.db.session() as session:
+        obj = session.get(ObjectRow, object_id)
+        if obj is None:
+            raise StorageError(f"object {object_id} was replaced while it was being put")
+        obj.manifest, obj.wrapped_key, obj.size = manifest.to_json(), wrapped, manifest.object_size
+        rows = [
+            ShareRow(
+                id=secrets.token_hex(8),
+                object_id=object_id,
+                index=index,
+                device_id=device_id,
+                state="pending",
+                size=sizes[index],
+                hash=hashes[index],
+                error="",
+            )
+            for index, device_id in placement.items()
+        ]
+        session.add_all(rows)
+        session.flush()
+        for row in rows:
+            session.expunge(row)
+        return rows
+
+
+def finish_put(
+    hub: HubContext,
+    principal: Principal,
+    object_id: str,
+    answers: dict[str, Answer],
+    threshold: int,
+) -> tuple[ObjectView | None, list[Placed], str]:
+    """Record what the devices did; complete the object if enough shares are stored.
+
+    Answers the object (or None), the shares to delete from devices (an older object's
+    when this one replaces it; this one's when it failed), and why it failed.
+    """
+    with hub.db.session() as session:
+        obj = session.get(ObjectRow, object_id)
+        if obj is None:
+            raise StorageError(f"object {object_id} was replaced while it was being put")
+        shares = shares_of(session, object_id)
+        for share in shares:
+            answer = answers[share.id]
+            share.state, share.error = ("stored", "") if answer.ok else ("failed", answer.error)
+        stored = [s for s in shares if s.state == "stored"]
+        if len(stored) < threshold:
+            problems = "; ".join(f"share {s.index}: {s.error}" for s in shares if s.error)
+            why = (
+                f"only {len(stored)} of {len(shares)} shares reached devices and "
+                f"{threshold} are needed ({problems})"
+            )
+            placed = placed_on(stored)
+            drop(session, obj)
+            return None, placed, why
+        old_objects = session.scalars(
+            select(ObjectRow).where(
+                ObjectRow.tenant_id == obj.tenant_id,
+                ObjectRow.bucket == obj.bucket,
+                ObjectRow.name == obj.name,
+                ObjectRow.id != obj.id,
+            )
+        ).all()
+        replaced = placed_on([s for old in old_objects for s in shares_of(session, old.id)])
+        for old in old_objects:
+            drop(session, old)
+        obj.state, obj.completed_at = "complete", utcnow()
+        return view(obj), replaced, ""
+
+
+Placed = tuple[str, str]
+"""(device id, share id)"""
+
+
+def placed_on(shares: list[ShareRow]) -> list[Placed]:
+    return [(s.device_id, s.id) for s in shares]
+
+
+def to_read(
+    hub: HubContext, principal: Principal, bucket: str, name: str
+) -> tuple[ObjectRow, Manifest, bytes, list[ShareRow]]:
+
+    with hub.db.session() as session:
+        obj = complete_object(session, principal, bucket, name)
+        manifest = Manifest.from_json(obj.manifest)
+        key = KeyRing.open(hub.settings.data_dir).unwrap(
+            principal.tenant_id, obj.id, obj.wrapped_key
+        )
+        shares = shares_of(session, obj.id)
+        up = online(hub, [s.device_id for s in shares])
+        session.expunge_all()
+    # Online devices first, then by index: those are the ones likely to answer.
+    shares.sort(key=lambda s: (s.device_id not in up, s.state != "stored", s.index))
+    return obj, manifest, key, shares
+
+
+def mark(hub: HubContext, problems: dict[str, tuple[str, str]]) -> None:
+    """Record shares found missing or corrupt: {share id: (state, why)}."""
+    with hub.db.session() as session:
+        for share_id, (state, why) in problems.items():
+            row = session.get(ShareRow, share_id)
+            if row is not None:
+                row.state, row.error = state, why
