@@ -6,9 +6,9 @@ spools each share index to one file under ``DATA/store/out/OBJECT/``, places the
 turns ``complete`` once at least the repair threshold of shares is stored, and only then
 replaces an older object of the same name; until then it is ``pending`` and invisible.
 
-A get asks k + 1 devices holding shares (online ones first) to upload theirs to
-``DATA/store/in/TOKEN/``, then the rest if fewer than k came, checks each share file
-against its hash as it arrives, and streams the plaintext decoded from the first k.
+A get asks k + 1 online devices holding shares to upload theirs to
+``DATA/store/in/TOKEN/``, another for each that fails, checks each share file against
+its hash as it arrives, and streams the plaintext decoded from the first k to arrive.
 Fewer than k is a ``SharesUnavailableError`` naming every missing share and why.
 
 A share file holds one share index of every segment, one after the other; its hash
@@ -17,9 +17,11 @@ A share file holds one share index of every segment, one after the other; its ha
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import shutil
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,7 +38,7 @@ from roost.atomic import write_atomic
 from roost.errors import NotFoundError, StorageError, ValidationError
 from roost.storage.codec import CodecParams, Decoder, EncodedSegment, Encoder, Share
 from roost.storage.manifest import Manifest
-from roost.storage.models import ObjectRow
+from roost.storage.models import ObjectRow, ShareRow
 from roost.storage.objects import (
     ObjectView,
     Placed,
@@ -54,7 +56,7 @@ from roost.storage.objects import (
     view,
 )
 from roost.storage.placement import choose_code, place, repair_threshold
-from roost.storage.transfer import ask_all, online, storage_nodes, timeout_for
+from roost.storage.transfer import Answer, ask, ask_all, online, storage_nodes, timeout_for
 
 router = APIRouter(prefix="/v1")
 
@@ -270,41 +272,7 @@ async def get_object(
     inbox = store_dir(hub) / "in" / token
     await run_in_threadpool(lambda: inbox.mkdir(parents=True))
     try:
-        problems: dict[int, str] = {
-            s.index: f"it is {s.state} on device {s.device_id}"
-            for s in shares
-            if s.state != "stored"
-        }
-        readable = [s for s in shares if s.state == "stored"]
-        arrived: dict[int, Path] = {}
-        batch, rest = readable[: manifest.k + 1], readable[manifest.k + 1 :]
-        while batch:
-            asks = [
-                (
-                    s.device_id,
-                    "share-upload",
-                    {"share": s.id, "path": f"/v1/store/shares/{s.id}?get={token}"},
-                    timeout_for(hub, s.size),
-                )
-                for s in batch
-            ]
-            answers = await ask_all(hub, principal.tenant_id, asks)
-            bad: dict[str, tuple[str, str]] = {}
-            for share, answer in zip(batch, answers, strict=True):
-                path = inbox / share.id
-                result = answer.result if isinstance(answer.result, dict) else {}
-                problem = str(result.get("problem", ""))
-                if problem:
-                    bad[share.id] = (problem, "its device found it so when asked for it")
-                    problems[share.index] = f"it is {problem} on device {share.device_id}"
-                elif answer.ok and path.exists():
-                    arrived[share.index] = path
-                else:
-                    problems[share.index] = answer.error or "it did not arrive"
-            if bad:
-                await run_in_threadpool(mark, hub, bad)
-            wanted = manifest.k - len(arrived)
-            batch, rest = rest[: max(0, wanted)], rest[max(0, wanted) :]
+        arrived, problems = await _collect(hub, principal.tenant_id, manifest.k, shares, token)
         if len(arrived) < manifest.k:
             missing = "; ".join(f"share {i}: {why}" for i, why in sorted(problems.items()))
             raise SharesUnavailableError(
@@ -320,6 +288,55 @@ async def get_object(
         media_type="application/octet-stream",
         headers=headers,
     )
+
+
+async def _collect(
+    hub: HubContext, tenant_id: str, k: int, shares: list[ShareRow], token: str
+) -> tuple[dict[int, Path], dict[int, str]]:
+    """Ask devices to upload their shares for the get ``token``, k + 1 at a time, another
+    for each that fails, until k have arrived (the rest are not waited for) or none are
+    left. Answers the share files by index, and why each other share did not come."""
+    inbox = store_dir(hub) / "in" / token
+    problems = {s.index: f"it is {s.state} on device {s.device_id}" for s in shares}
+    up = await run_in_threadpool(online, hub, [s.device_id for s in shares])
+    waiting: deque[ShareRow] = deque()
+    for s in shares:
+        if s.state == "stored" and s.device_id in up:
+            waiting.append(s)
+            del problems[s.index]
+        elif s.state == "stored":
+            problems[s.index] = f"device {s.device_id} is offline"
+    arrived: dict[int, Path] = {}
+    bad: dict[str, tuple[str, str]] = {}
+    running: dict[asyncio.Task[Answer], ShareRow] = {}
+    try:
+        while len(arrived) < k and (running or waiting):
+            while waiting and len(arrived) + len(running) < k + 1:
+                s = waiting.popleft()
+                args = {"share": s.id, "path": f"/v1/store/shares/{s.id}?get={token}"}
+                asked = ask(
+                    hub, tenant_id, s.device_id, "share-upload", args, timeout_for(hub, s.size)
+                )
+                running[asyncio.create_task(asked)] = s
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                share, answer = running.pop(task), task.result()
+                result = answer.result if isinstance(answer.result, dict) else {}
+                problem = str(result.get("problem", ""))
+                if problem:
+                    bad[share.id] = (problem, "its device found it so when asked for it")
+                    problems[share.index] = f"it is {problem} on device {share.device_id}"
+                elif answer.ok and (inbox / share.id).exists():
+                    arrived[share.index] = inbox / share.id
+                else:
+                    problems[share.index] = answer.error or "it did not arrive"
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        if bad:
+            await run_in_threadpool(mark, hub, bad)
+    return arrived, problems
 
 
 def _plaintext(
