@@ -164,6 +164,8 @@ class HubSettings(_Settings):
     smtp_port: int = 587
     smtp_from: str = ""
     smtp_security: str = "starttls"
+    # A CA bundle (PEM) to check the SMTP server's certificate with; empty: the system's.
+    smtp_ca_file: str = ""
     smtp_user: str = ""
     smtp_password: str = dataclasses.field(default="", repr=False)
     smtp_timeout_s: float = 30.0

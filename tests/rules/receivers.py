@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.message
 import email.policy
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from system.procs import free_port
 
@@ -77,6 +79,17 @@ class WebhookReceiver:
             return [r.headers["Roost-Idempotency-Key"] for r in self.requests]
 
 
+class _Login:
+    def __init__(self, user: str, password: str) -> None:
+        self.expected = (user.encode(), password.encode())
+
+    def __call__(
+        self, _server: Any, _session: Any, _envelope: Any, _mechanism: str, data: Any
+    ) -> Any:
+        given = (data.login, data.password) if isinstance(data, LoginPassword) else None
+        return AuthResult(success=given == self.expected, handled=False)
+
+
 class _Mailbox:
     def __init__(self) -> None:
         self.mails: list[tuple[list[str], email.message.EmailMessage]] = []
@@ -88,11 +101,28 @@ class _Mailbox:
         return "250 OK"
 
 
+Mails = list[tuple[list[str], email.message.EmailMessage]]
+
+
 @contextmanager
-def smtp_server() -> Iterator[tuple[int, list[tuple[list[str], email.message.EmailMessage]]]]:
-    """A real SMTP server on a free port: (port, the mails it took: recipients, message)."""
+def smtp_server(
+    tls: ssl.SSLContext | None = None, implicit: bool = False, login: tuple[str, str] | None = None
+) -> Iterator[tuple[int, Mails]]:
+    """A real SMTP server on a free port: (port, the mails it took: recipients, message).
+
+    With ``tls``: STARTTLS required, or with ``implicit`` TLS from the first byte; with
+    ``login``, that user and password are required.
+    """
     mailbox = _Mailbox()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    options: dict[str, Any] = {}
+    if tls is not None and implicit:
+        # aiosmtpd does not see implicit TLS as TLS: let it offer AUTH all the same.
+        options.update(ssl_context=tls, auth_require_tls=False)
+    elif tls is not None:
+        options.update(tls_context=tls, require_starttls=True)
+    if login is not None:
+        options.update(authenticator=_Login(*login), auth_required=True)
+    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port(), **options)
     controller.start()
     try:
         yield controller.port, mailbox.mails

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ssl
 import threading
 import time
 import uuid
@@ -27,6 +28,9 @@ from roost.db import Base, Database, utcnow
 from roost.errors import BrokerError, DeliveryError, NotFoundError
 from roost.events.models import EventRow
 from roost.fleet.models import CommandRow, Device
+from roost.pki import CertificateAuthority, generate_key
+from roost.pki.ca import cert_to_pem
+from roost.pki.keys import key_to_pem
 from roost.rules import deadletters
 from roost.rules.delivery import STOPPED, Delivery, RetryPolicy, settle
 from roost.rules.models import ActionRow
@@ -425,6 +429,59 @@ async def test_a_mail_reaches_the_smtp_server_with_its_key(
     assert mail["Message-ID"] == f"<{'m' * 34}.acme@example.org>"
     assert mail["Roost-Idempotency-Key"] == "m" * 34
     assert mail.get_content().strip() == "Please call her."
+
+
+@pytest.fixture(scope="module")
+def smtp_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, Path]:
+    """A server TLS context for 127.0.0.1 from a CA of its own, and that CA's file."""
+    ca = CertificateAuthority.create()
+    key = generate_key()
+    cert = ca.issue_server(["127.0.0.1"], key.public_key(), dt.timedelta(days=1))
+    directory = tmp_path_factory.mktemp("smtp-tls")
+    (directory / "server.pem").write_bytes(key_to_pem(key) + cert_to_pem(cert).encode())
+    (directory / "ca.pem").write_text(ca.cert_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "server.pem")
+    return context, directory / "ca.pem"
+
+
+# aiosmtpd warns that AUTH without STARTTLS is unsafe: it does not see implicit TLS as TLS.
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+async def test_a_mail_goes_over_tls_and_logs_in(
+    db: Database,
+    make_delivery: Callable[..., Delivery],
+    smtp_tls: tuple[ssl.SSLContext, Path],
+    security: str,
+) -> None:
+    context, ca_file = smtp_tls
+    with smtp_server(context, implicit=security == "ssl", login=("roost", "pw")) as (port, mails):
+        settings = {
+            "smtp_host": "127.0.0.1",
+            "smtp_port": port,
+            "smtp_security": security,
+            "smtp_ca_file": str(ca_file),
+            "smtp_user": "roost",
+        }
+        fields = {"to": "bob@example.org", "subject": "hi"}
+        async with make_delivery(**settings, smtp_password="pw") as delivery:
+            sent = add_action(db, "email", fields)
+            delivery.notify()
+            await settled(db, sent, "delivered")
+        async with make_delivery(**settings, smtp_password="wrong") as delivery:
+            refused = add_action(db, "email", fields)
+            delivery.notify()
+            row = await settled(db, refused, "dead")
+            assert row.attempts == 1
+            assert row.last_error.startswith("the SMTP server answered 535")
+        # Without the CA, the server's certificate is not trusted: nothing is sent.
+        settings["smtp_ca_file"] = ""
+        async with make_delivery(**settings, smtp_password="pw") as delivery:
+            untrusted = add_action(db, "email", fields)
+            delivery.notify()
+            row = await settled(db, untrusted, "dead")
+            assert "certificate verify failed" in row.last_error
+    assert len(mails) == 1
 
 
 async def test_a_mail_without_an_smtp_server_is_a_dead_letter(

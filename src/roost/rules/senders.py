@@ -171,14 +171,17 @@ class Senders:
         settings = self.settings
         host, port, timeout = settings.smtp_host, settings.smtp_port, settings.smtp_timeout_s
         try:
+            context = ssl.create_default_context(cafile=settings.smtp_ca_file or None)
+        except OSError as err:
+            raise _permanent(f"smtp_ca_file {settings.smtp_ca_file!r}: {err}") from None
+        try:
             if settings.smtp_security == "ssl":
-                context = ssl.create_default_context()
                 smtp: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
             else:
                 smtp = smtplib.SMTP(host, port, timeout=timeout)
             with smtp:
                 if settings.smtp_security == "starttls":
-                    smtp.starttls(context=ssl.create_default_context())
+                    smtp.starttls(context=context)
                 if settings.smtp_user:
                     smtp.login(settings.smtp_user, settings.smtp_password)
                 return smtp.send_message(message, to_addrs=recipients)
