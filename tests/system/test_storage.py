@@ -106,6 +106,11 @@ def test_objects_survive_devices_going_away_and_stay_with_their_tenant(
         assert f"share {holders[agent.device_id]}: device {agent.device_id} is offline" in str(
             failed.value
         )
+    refused_get = _store(config, "get", "test.txt", "--bucket", "photos", "-o", str(tmp_path / "x"))
+    assert refused_get.returncode != 0
+    assert "cannot be read: 2 of the 3 shares" in refused_get.stderr
+    assert "Traceback" not in refused_get.stderr
+    assert not (tmp_path / "x").exists(), "a failed get leaves no file behind"
 
     # One back: readable again.
     hub.run_agent(agents[0], env=quota)
