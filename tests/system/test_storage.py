@@ -257,5 +257,6 @@ def test_a_hub_killed_mid_put_shows_no_half_object_and_the_put_can_be_retried(
         assert _pending(hub, "big.txt") == 1
         api.put_object("photos", "big.txt", source)
         assert _pending(hub, "big.txt") == 0
+        assert list((hub.data_dir / "store" / "out").iterdir()) == [], "no spool left"
         assert api.stat_object("photos", "big.txt")["health"] == "healthy"
         assert _get(hub, "big.txt") == OBJECT

@@ -7,8 +7,10 @@ of the same name removes what a put that never finished left (``begin_put``).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
+import time
 from collections.abc import Collection
 from pathlib import Path
 
@@ -123,12 +125,39 @@ def own_share(hub: HubContext, share_id: str, device_id: str) -> ShareRow:
         return share
 
 
+# A get's inbox older than this belongs to no request still running.
+STALE_INBOX_S = 24 * 3600
+
+
+def sweep_spool(hub: HubContext) -> None:
+    """Remove what a crashed hub left in its spool: shares of objects no longer pending,
+    and inboxes of gets long gone."""
+    out, inbox = store_dir(hub) / "out", store_dir(hub) / "in"
+    # List first, then ask: a put makes its row before its directory.
+    spooled = list(out.iterdir()) if out.is_dir() else []
+    if spooled:
+        with hub.db.session() as session:
+            pending = set(
+                session.scalars(select(ObjectRow.id).where(ObjectRow.state == "pending")).all()
+            )
+        for path in spooled:
+            if path.name not in pending:
+                shutil.rmtree(path, ignore_errors=True)
+    if inbox.is_dir():
+        old = time.time() - STALE_INBOX_S
+        for path in inbox.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # a get that just finished
+                if path.stat().st_mtime < old:
+                    shutil.rmtree(path, ignore_errors=True)
+
+
 def begin_put(
     hub: HubContext, principal: Principal, bucket: str, name: str
 ) -> tuple[str, list[Placed]]:
     """A pending object for this put, and the shares of pending leftovers of an earlier
     put of it (a crashed hub, a client gone), whose rows and spool go now. A put of the
     same name still in progress is one of them: the last put wins."""
+    sweep_spool(hub)
     object_id = secrets.token_hex(16)
     leftovers: list[Placed] = []
     with hub.db.session() as session:
