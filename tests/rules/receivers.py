@@ -41,6 +41,8 @@ class WebhookReceiver:
         self.status = status
         self.delay = 0.0
         self.requests: list[Request] = []
+        self.in_flight = 0
+        self.most_in_flight = 0  # requests being answered at once, at the most
         self._lock = threading.Lock()
         receiver = self
 
@@ -51,8 +53,12 @@ class WebhookReceiver:
                     receiver.requests.append(Request(self.path, dict(self.headers), body))
                     status = receiver.statuses.pop(0) if receiver.statuses else receiver.status
                     delay = receiver.delay
+                    receiver.in_flight += 1
+                    receiver.most_in_flight = max(receiver.most_in_flight, receiver.in_flight)
                 if delay:
                     time.sleep(delay)
+                with receiver._lock:
+                    receiver.in_flight -= 1
                 text = f"status {status}".encode()
                 self.send_response(status)
                 self.send_header("content-length", str(len(text)))

@@ -653,6 +653,20 @@ async def test_notify_wakes_the_delivery_from_another_thread(
             await until(lambda: action(db, action_id).status == "delivered", "delivery", 30)
 
 
+async def test_no_more_tries_at_once_than_the_concurrency_allows(
+    db: Database, make_delivery: Callable[..., Delivery]
+) -> None:
+    with WebhookReceiver() as receiver:
+        receiver.delay = 0.2
+        ids = [add_action(db, "webhook", webhook(receiver.url)) for _ in range(9)]
+        async with make_delivery(delivery_concurrency=3) as delivery:
+            delivery.notify()
+            for action_id in ids:
+                await settled(db, action_id, "delivered")
+    assert len(receiver.requests) == 9
+    assert 1 < receiver.most_in_flight <= 3, "concurrent, within the bound"
+
+
 async def test_stopping_leaves_a_try_in_flight_due_again(
     db: Database, make_delivery: Callable[..., Delivery]
 ) -> None:

@@ -225,6 +225,8 @@ class Delivery:
         self._publish = publish
         self._rand = rand
         self._limit = settings.delivery_concurrency
+        # A full loop claims again once this many slots are free, not at every one.
+        self._refill = max(1, self._limit // 4)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._results: list[tuple[Claimed, Settlement]] = []
@@ -320,10 +322,9 @@ class Delivery:
         return max(0.0, timeout)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        full = len(self._running) >= self._limit
         self._running.discard(task)
-        if full:
-            self._wake.set()  # a slot is free again
+        if len(self._running) == self._limit - self._refill:
+            self._wake.set()  # enough slots are free again
 
     def _claim(self, now: dt.datetime, limit: int) -> list[Claimed]:
         with self.db.session() as session:
