@@ -53,11 +53,16 @@ def test_objects_survive_devices_going_away_and_stay_with_their_tenant(
     quota = {"ROOST_STORAGE_QUOTA_BYTES": QUOTA}
     agents = [hub.join(tmp_path / f"a{i}", env=quota) for i in range(6)]
     ids = [a.device_id for a in agents]
-    hub.wait_online(ids)
+    # A device that offers no space (the default) never gets a share.
+    keeps_nothing = hub.join(tmp_path / "no-quota")
+    hub.wait_online([*ids, keeps_nothing.device_id])
     with hub.client() as api:
 
         def offering() -> bool:
-            return all(d["metrics"].get("storage_free", 0) > 0 for d in api.devices())
+            metrics = {d["id"]: d["metrics"] for d in api.devices()}
+            return all(metrics[i].get("storage_free", 0) > 0 for i in ids) and (
+                metrics[keeps_nothing.device_id].get("storage_quota") == 0
+            )
 
         wait_for(offering, timeout=30, what="six devices to report free space")
 
@@ -79,6 +84,7 @@ def test_objects_survive_devices_going_away_and_stay_with_their_tenant(
     for agent in agents:
         (share,) = _share_files(agent)
         assert MARK not in share.read_bytes()
+    assert _share_files(keeps_nothing) == []
 
     got = _store(config, "get", "test.txt", "--bucket", "photos", "-o", str(tmp_path / "back"))
     assert got.returncode == 0, got.stderr
