@@ -97,6 +97,7 @@ def test_objects_survive_devices_going_away_and_stay_with_their_tenant(
     assert refused.value.status == 404
 
     _small_object_with_a_corrupt_share(hub, agents, tmp_path)
+    _object_of_several_segments(hub, tmp_path)
     _interrupted_put_is_replaced_by_a_retry(hub, tmp_path)
 
     # n - k = 3 devices away: still readable.
@@ -266,3 +267,19 @@ def test_a_hub_killed_mid_put_shows_no_half_object_and_the_put_can_be_retried(
         assert list((hub.data_dir / "store" / "out").iterdir()) == [], "no spool left"
         assert api.stat_object("photos", "big.txt")["health"] == "healthy"
         assert _get(hub, "big.txt") == OBJECT
+
+
+def _object_of_several_segments(hub: Hub, tmp_path: Path) -> None:
+    """2.5 MiB: three 1 MiB segments, each device's share file holding its piece of each."""
+    import io
+    import os
+
+    data = os.urandom((5 << 20) // 2 + 7)
+    path = tmp_path / "segments.bin"
+    path.write_bytes(data)
+    with hub.client() as api:
+        api.put_object("photos", "segments.bin", path)
+        out = io.BytesIO()
+        api.get_object("photos", "segments.bin", out)
+        assert out.getvalue() == data
+        api.delete_object("photos", "segments.bin")
