@@ -32,6 +32,9 @@ class ObjectRow(Base):
     name: Mapped[str] = mapped_column(String(255))
     state: Mapped[str] = mapped_column(String(16), default="pending")
     size: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The manifest's code, so listing needs no manifest parsed (one may be ~300 KB).
+    k: Mapped[int] = mapped_column(default=0)
+    n: Mapped[int] = mapped_column(default=0)
     manifest: Mapped[str] = mapped_column(Text, default="")
     wrapped_key: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

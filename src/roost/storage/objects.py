@@ -58,14 +58,13 @@ def store_dir(hub: HubContext) -> Path:
 def view(
     obj: ObjectRow, shares: list[ShareRow] | None = None, up: Collection[str] = ()
 ) -> ObjectView:
-    manifest = Manifest.from_json(obj.manifest)
     view = ObjectView(
         bucket=obj.bucket,
         name=obj.name,
         id=obj.id,
         size=obj.size,
-        k=manifest.k,
-        n=manifest.n,
+        k=obj.k,
+        n=obj.n,
         created_at=obj.created_at.isoformat(),
     )
     if shares is not None:
@@ -81,9 +80,9 @@ def view(
             for s in sorted(shares, key=lambda s: s.index)
         ]
         healthy = sum(1 for s in view.shares if s.state == "stored" and s.online)
-        if healthy >= repair_threshold(manifest.k, manifest.n):
+        if healthy >= repair_threshold(obj.k, obj.n):
             view.health = "healthy"
-        elif healthy >= manifest.k:
+        elif healthy >= obj.k:
             view.health = "degraded"
         else:
             view.health = "unreadable"
@@ -203,6 +202,7 @@ def record_placement(
         if obj is None:
             raise StorageError(f"object {object_id} was replaced while it was being put")
         obj.manifest, obj.wrapped_key, obj.size = manifest.to_json(), wrapped, manifest.object_size
+        obj.k, obj.n = manifest.k, manifest.n
         rows = [
             ShareRow(
                 id=secrets.token_hex(8),

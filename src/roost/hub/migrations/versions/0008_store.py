@@ -27,6 +27,8 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=255), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
+        sa.Column("k", sa.Integer(), nullable=False),
+        sa.Column("n", sa.Integer(), nullable=False),
         sa.Column("manifest", sa.Text(), nullable=False),
         sa.Column("wrapped_key", sa.LargeBinary(), nullable=False),
         sa.Column("created_at", roost.db.UTCDateTime(timezone=True), nullable=False),
