@@ -270,7 +270,8 @@ def test_a_hub_killed_mid_put_shows_no_half_object_and_the_put_can_be_retried(
 
 
 def _object_of_several_segments(hub: Hub, tmp_path: Path) -> None:
-    """2.5 MiB: three 1 MiB segments, each device's share file holding its piece of each."""
+    """2.5 MiB at 2-of-5 (asked for): three 1 MiB segments, each device's share file
+    holding its piece of each."""
     import io
     import os
 
@@ -278,7 +279,12 @@ def _object_of_several_segments(hub: Hub, tmp_path: Path) -> None:
     path = tmp_path / "segments.bin"
     path.write_bytes(data)
     with hub.client() as api:
-        api.put_object("photos", "segments.bin", path)
+        config = hub.data_dir / "client.toml"
+        put = _store(config, "put", str(path), "--bucket", "photos", "--code", "2-of-5")
+        assert put.returncode == 0, put.stderr
+        assert "(2621447 bytes, 2-of-5)" in put.stdout
+        info = api.stat_object("photos", "segments.bin")
+        assert (info["k"], info["n"], len(info["shares"])) == (2, 5, 5)
         out = io.BytesIO()
         api.get_object("photos", "segments.bin", out)
         assert out.getvalue() == data

@@ -37,6 +37,9 @@ def put(
     file: Annotated[Path, typer.Argument(help="the file to store")],
     bucket: BucketOpt = DEFAULT_BUCKET,
     name: Annotated[str, typer.Option(help="the object's name (default: the file's)")] = "",
+    code: Annotated[
+        str, typer.Option(help="K-of-N instead of the fleet's default, e.g. 2-of-4")
+    ] = "",
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -45,11 +48,12 @@ def put(
 
     if not file.is_file():
         raise ValidationError(f"no file at {file}")
+    wanted = _code(code) if code else None
     size = file.stat().st_size
     with connect(config) as client, _progress(size, as_json) as progress:
         task = progress.add_task("put", total=size)
         stored = client.put_object(
-            bucket, name or file.name, file, lambda n: progress.advance(task, n)
+            bucket, name or file.name, file, lambda n: progress.advance(task, n), wanted
         )
     if as_json:
         print_json(stored)
@@ -58,6 +62,15 @@ def put(
         f"stored {stored['bucket']}/{stored['name']} ({stored['size']} bytes, "
         f"{stored['k']}-of-{stored['n']})"
     )
+
+
+def _code(text: str) -> tuple[int, int]:
+    from roost.errors import ValidationError
+
+    k, sep, n = text.lower().partition("-of-")
+    if not (sep and k.isdigit() and n.isdigit()):
+        raise ValidationError(f"--code {text!r}: write it as K-of-N, e.g. 2-of-4")
+    return int(k), int(n)
 
 
 @store_app.command("get")
