@@ -30,9 +30,33 @@ def test_a_share_is_kept_and_read_back(tmp_path: Path) -> None:
 
 def test_a_share_that_does_not_match_its_hash_is_not_stored(tmp_path: Path) -> None:
     store = ShareStore(tmp_path / "shares", quota_bytes=1000)
-    with pytest.raises(StorageError, match="does not match its hash"):
+    with pytest.raises(StorageError, match="does not match its size and hash"):
         store.put(SHARE, b"abc", _hash(b"abd"))
     assert store.used_bytes() == 0
+    assert list((tmp_path / "shares").iterdir()) == [], "nothing left behind"
+
+
+def test_a_share_arrives_in_chunks_and_is_kept_only_whole(tmp_path: Path) -> None:
+    store = ShareStore(tmp_path / "shares", quota_bytes=1000)
+    data = bytes(range(200))
+    writer = store.receive(SHARE, len(data), _hash(data))
+    for i in range(0, 200, 64):
+        writer.write(data[i : i + 64])
+    writer.commit()
+    writer.discard()
+    assert store.read(SHARE) == (data, "")
+
+    short = store.receive("fedcba9876543210", len(data), _hash(data))
+    short.write(data[:100])
+    with pytest.raises(StorageError, match="size and hash"):
+        short.commit()
+    short.discard()
+    long = store.receive("fedcba9876543210", 10, _hash(data))
+    with pytest.raises(StorageError, match="longer than the 10 bytes"):
+        long.write(data)
+    long.discard()
+    assert store.read("fedcba9876543210") == (b"", "missing")
+    assert sorted(p.name for p in (tmp_path / "shares").iterdir()) == [SHARE, SHARE + ".blake3"]
 
 
 def test_a_share_corrupted_on_disk_is_refused_on_read(tmp_path: Path) -> None:

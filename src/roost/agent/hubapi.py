@@ -94,13 +94,15 @@ def fetch(
     signer: Signer | None = None,
     timeout: float = 30.0,
     max_bytes: int = 1 << 20,
+    sink: Callable[[bytes], None] | None = None,
 ) -> bytes:
     """One signed GET of raw bytes, refusing an answer longer than ``max_bytes``.
 
     Signing, TLS and ``timeout`` are as in ``request()``. An HTTP error becomes ``HubError``
     whose ``status`` is the hub's (404: the file is not there); no answer at all is
     ``HubUnreachableError``; a body over ``max_bytes`` is ``WireError``, found while
-    reading in chunks so an endless answer never fills memory.
+    reading in chunks so an endless answer never fills memory. With ``sink``, a good
+    answer's chunks go to it as they come (and ``b""`` is returned).
     """
     parts = urllib.parse.urlsplit(url)
     headers = {"accept": "*/*"}
@@ -120,8 +122,11 @@ def fetch(
             chunk = response.read(min(64 * 1024, limit + 1 - received))
             if not chunk:
                 break
-            chunks.append(chunk)
             received += len(chunk)
+            if sink is not None and response.status < 400 and received <= max_bytes:
+                sink(chunk)
+            else:
+                chunks.append(chunk)
     except (OSError, http.client.HTTPException) as err:
         raise HubUnreachableError(url, str(err) or type(err).__name__) from err
     finally:

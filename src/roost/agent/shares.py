@@ -13,6 +13,7 @@ hub asks (``share-fetch``, ``share-upload``) and the device calls back. No inbou
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import ssl
@@ -56,16 +57,21 @@ class ShareStore:
         return max(0, min(self.quota_bytes - self.used_bytes(), disk))
 
     def put(self, share_id: str, data: bytes, expected_hash: str) -> None:
-        """Store a share whose BLAKE3 hash must be ``expected_hash`` (hex)."""
+        """Store a whole share whose BLAKE3 hash must be ``expected_hash`` (hex)."""
+        writer = self.receive(share_id, len(data), expected_hash)
+        try:
+            writer.write(data)
+            writer.commit()
+        finally:
+            writer.discard()
+
+    def receive(self, share_id: str, size: int, expected_hash: str) -> ShareWriter:
+        """A writer for a share arriving in chunks: nothing is kept unless ``commit`` finds
+        exactly ``size`` bytes that hash to ``expected_hash``."""
         path = self._path(share_id)
-        if blake3.blake3(data).hexdigest() != expected_hash:
-            raise StorageError(f"share {share_id} does not match its hash; not stored")
-        if len(data) > self.free_bytes() + (path.stat().st_size if path.exists() else 0):
-            raise StorageError(
-                f"share {share_id} ({len(data)} bytes) does not fit in this device's quota"
-            )
-        write_atomic(path, data, mode=0o600)
-        write_atomic(path.with_name(share_id + _HASH), expected_hash, mode=0o600)
+        if size > self.free_bytes() + (path.stat().st_size if path.exists() else 0):
+            raise StorageError(f"share {share_id} ({size} bytes) does not fit in the quota")
+        return ShareWriter(path, size, expected_hash)
 
     def read(self, share_id: str) -> tuple[bytes, str]:
         """The share's bytes and ``""``, or ``b""`` and what is wrong with it: ``missing``,
@@ -86,6 +92,41 @@ class ShareStore:
         for p in (path, path.with_name(share_id + _HASH)):
             p.unlink(missing_ok=True)
         return existed
+
+
+class ShareWriter:
+    """A share written to a temporary file as it arrives, hashed on the way; ``commit``
+    checks it and renames it into place, ``discard`` (always call it) drops what is left."""
+
+    def __init__(self, path: Path, size: int, expected_hash: str) -> None:
+        self.path, self.size, self.expected = path, size, expected_hash
+        self._tmp = path.with_name(f".{path.name}.part")
+        self._file = self._tmp.open("wb")
+        self._hash = blake3.blake3()
+        self._written = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._written += len(chunk)
+        if self._written > self.size:
+            raise StorageError(f"share {self.path.name} is longer than the {self.size} bytes said")
+        self._hash.update(chunk)
+        try:
+            self._file.write(chunk)
+        except OSError as err:  # not the network's fault: say so
+            raise StorageError(f"cannot write share {self.path.name}: {err}") from err
+
+    def commit(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if self._written != self.size or self._hash.hexdigest() != self.expected:
+            raise StorageError(f"share {self.path.name} does not match its size and hash")
+        os.replace(self._tmp, self.path)
+        write_atomic(self.path.with_name(self.path.name + _HASH), self.expected, mode=0o600)
+
+    def discard(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
 
 
 HubCall = Callable[[], tuple[str, ssl.SSLContext, hubapi.Signer]]
@@ -109,21 +150,24 @@ class ShareCommands:
 
     async def fetch(self, args: dict[str, Any]) -> Any:
         share_id, size, expected = str(args["share"]), int(args["size"]), str(args["hash"])
-        if size > self.store.free_bytes():
-            raise StorageError(f"share {share_id} ({size} bytes) does not fit in the quota")
+        writer = self.store.receive(share_id, size, expected)
         url, context, signer = self._hub()
-        # Blocking HTTPS and file writes: off the event loop.
-        data = await asyncio.to_thread(
-            hubapi.fetch,
-            url,
-            f"/v1/store/shares/{share_id}",
-            context,
-            signer,
-            self._timeout,
-            size,
-        )
-        await asyncio.to_thread(self.store.put, share_id, data, expected)
-        return {"share": share_id, "bytes": len(data)}
+        try:
+            # Blocking HTTPS and file writes: off the event loop. Streamed to disk.
+            await asyncio.to_thread(
+                hubapi.fetch,
+                url,
+                f"/v1/store/shares/{share_id}",
+                context,
+                signer,
+                self._timeout,
+                size,
+                writer.write,
+            )
+            await asyncio.to_thread(writer.commit)
+        finally:
+            writer.discard()
+        return {"share": share_id, "bytes": size}
 
     async def upload(self, args: dict[str, Any]) -> Any:
         share_id, path = str(args["share"]), str(args["path"])
