@@ -17,9 +17,8 @@ from roost import __version__ as BASE
 from roost.agent import selfupdate
 from roost.client import RoostClient
 from system.agent_releases import BREAK_AT_START, HANG_AT_START, write_agent_release
-from system.harness import Agent, Hub, StartProc
+from system.harness import Agent, Hub, StartProc, cli_ok
 from system.procs import wait_for
-from system.test_apps import roost
 
 GRACE_S = 15
 ENV = {"ROOST_SELF_UPDATE_GRACE_S": str(GRACE_S)}
@@ -45,8 +44,8 @@ def test_the_agent_updates_itself_from_the_catalog_and_rolls_a_broken_release_ba
     bundles = tmp_path / "bundles"
     for version, breakage in (("0.2.0", ""), ("0.3.0", BREAK_AT_START)):
         folder = write_agent_release(tmp_path / "releases", version, breakage)
-        roost(config, "app", "build", str(folder), "--out", str(bundles))
-        roost(config, "app", "publish", str(bundles / f"roost-agent-{version}.tar.gz"))
+        cli_ok(config, "app", "build", str(folder), "--out", str(bundles))
+        cli_ok(config, "app", "publish", str(bundles / f"roost-agent-{version}.tar.gz"))
 
     with hub.client() as api:
         wait_for(lambda: agent_version(api, agent.device_id) == BASE, timeout=30, what="online")
