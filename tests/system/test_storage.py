@@ -215,23 +215,36 @@ def _interrupted_put_is_replaced_by_a_retry(hub: Hub, tmp_path: Path) -> None:
 
 
 def _pending(hub: Hub, name: str) -> int:
-    import sqlite3
+    """Pending objects of that name, straight from the hub's database."""
+    import sqlalchemy as sa
 
-    with sqlite3.connect(hub.data_dir / "roost.db") as db:
-        query = "select count(*) from store_objects where name = ? and state = 'pending'"
-        count: int = db.execute(query, (name,)).fetchone()[0]
-        return count
+    url = hub.env.get("ROOST_DATABASE_URL") or f"sqlite:///{hub.data_dir / 'roost.db'}"
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as db:
+            query = "select count(*) from store_objects where name = :name and state = 'pending'"
+            return int(db.execute(sa.text(query), {"name": name}).scalar_one())
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "sqlite":
+        return ""
+    url: str = request.getfixturevalue("fresh_postgres_db")
+    return url
 
 
 def test_a_hub_killed_mid_put_shows_no_half_object_and_the_put_can_be_retried(
-    start_proc: StartProc, tmp_path: Path, mosquitto_bin: str
+    start_proc: StartProc, tmp_path: Path, database_url: str, mosquitto_bin: str
 ) -> None:
     import os
     import signal
 
     import httpx
 
-    hub = Hub.start(start_proc, tmp_path / "hub")
+    hub = Hub.start(start_proc, tmp_path / "hub", database_url)
     env = {"ROOST_STORAGE_QUOTA_BYTES": QUOTA, "ROOST_RECONNECT_MAX_S": "1"}
     agents = [hub.join(tmp_path / f"a{i}", env=env) for i in range(3)]
     hub.wait_online([a.device_id for a in agents])
