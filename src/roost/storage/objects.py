@@ -279,7 +279,8 @@ def placed_on(shares: list[ShareRow]) -> list[Placed]:
 def to_read(
     hub: HubContext, principal: Principal, bucket: str, name: str
 ) -> tuple[ObjectRow, Manifest, bytes, list[ShareRow]]:
-
+    """The complete object, its manifest and data key, and its shares, those on online
+    devices first (they are the ones to ask)."""
     with hub.db.session() as session:
         obj = complete_object(session, principal, bucket, name)
         manifest = Manifest.from_json(obj.manifest)
@@ -289,7 +290,6 @@ def to_read(
         shares = shares_of(session, obj.id)
         up = online(hub, [s.device_id for s in shares])
         session.expunge_all()
-    # Online devices first, then by index: those are the ones likely to answer.
     shares.sort(key=lambda s: (s.device_id not in up, s.state != "stored", s.index))
     return obj, manifest, key, shares
 
