@@ -348,8 +348,10 @@ class RoostClient:
         result: list[dict[str, Any]] = self._call("GET", "/v1/store", params=params)
         return result
 
-    def stat_object(self, bucket: str, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"/v1/store/{bucket}/{name}/stat")
+    def stat_object(self, bucket: str, name: str, check: bool = False) -> dict[str, Any]:
+        """Where each share lives and the object's health; ``check``: devices re-hash first."""
+        params = {"check": "true"} if check else None
+        result: dict[str, Any] = self._call("GET", f"/v1/store/{bucket}/{name}/stat", params=params)
         return result
 
     def delete_object(self, bucket: str, name: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ offline, so the hub does not wait for them.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,6 +186,23 @@ def _small_object_with_a_corrupt_share(hub: Hub, agents: list[Agent], tmp_path: 
         assert out.getvalue() == OBJECT[:10_000]
         states = {s["index"]: s["state"] for s in api.stat_object("photos", "small.txt")["shares"]}
         assert states == {0: "corrupt", 1: "stored", 2: "stored", 3: "stored"}
+
+        # `stat --check`: every holder re-hashes its copy; one more rotten, one gone.
+        holders = {s["index"]: s["device_id"] for s in info["shares"]}
+        by_id = {a.device_id: a for a in agents}
+        (second,) = (p for p in _share_files(by_id[holders[1]]) if p.stat().st_size < 20_000)
+        flipped = bytearray(second.read_bytes())
+        flipped[0] ^= 0xFF
+        second.write_bytes(bytes(flipped))
+        (third,) = (p for p in _share_files(by_id[holders[2]]) if p.stat().st_size < 20_000)
+        third.unlink()
+        config = hub.data_dir / "client.toml"
+        checked = _store(config, "stat", "small.txt", "--bucket", "photos", "--check", "--json")
+        assert checked.returncode == 0, checked.stderr
+        found = json.loads(checked.stdout)
+        states = {s["index"]: s["state"] for s in found["shares"]}
+        assert states == {0: "corrupt", 1: "corrupt", 2: "missing", 3: "stored"}
+        assert found["health"] == "degraded"
         api.delete_object("photos", "small.txt")
 
 

@@ -81,9 +81,7 @@ class Agent:
         self.shares = ShareCommands(
             ShareStore(self.data_dir / "shares", settings.storage_quota_bytes), self._hub_call
         )
-        self.commands.register("share-fetch", self.shares.fetch)
-        self.commands.register("share-upload", self.shares.upload)
-        self.commands.register("share-delete", self.shares.delete)
+        self.shares.register(self.commands)
         self.apps: AppReconciler | None = None
         # A new version of the agent on trial: kept once the hub acknowledges it.
         self._on_trial = selfupdate.is_trial(self.data_dir)

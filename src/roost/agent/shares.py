@@ -24,6 +24,7 @@ from typing import Any
 import blake3
 
 from roost.agent import hubapi
+from roost.agent.commands import CommandTable
 from roost.atomic import write_atomic
 from roost.errors import StorageError, ValidationError
 
@@ -141,6 +142,12 @@ class ShareCommands:
         self._hub = hub
         self._timeout = timeout
 
+    def register(self, table: CommandTable) -> None:
+        table.register("share-fetch", self.fetch)
+        table.register("share-upload", self.upload)
+        table.register("share-check", self.check)
+        table.register("share-delete", self.delete)
+
     def metrics(self) -> dict[str, float | list[float]]:
         """What the heartbeat says about this device's storage."""
         return {
@@ -182,6 +189,12 @@ class ShareCommands:
             hubapi.request, url, "PUT", path, context, data, signer, self._timeout
         )
         return {"share": share_id, "bytes": len(data)}
+
+    async def check(self, args: dict[str, Any]) -> Any:
+        """Re-hash a share on demand: ``problem`` is "", "missing" or "corrupt"."""
+        share_id = str(args["share"])
+        _, problem = await asyncio.to_thread(self.store.read, share_id)
+        return {"share": share_id, "problem": problem}
 
     async def delete(self, args: dict[str, Any]) -> Any:
         share_id = str(args["share"])

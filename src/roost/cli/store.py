@@ -135,12 +135,15 @@ def rm(
 def stat(
     name: Annotated[str, typer.Argument(help="the object's name")],
     bucket: BucketOpt = DEFAULT_BUCKET,
+    check: Annotated[
+        bool, typer.Option("--check", help="have the devices re-hash their shares first")
+    ] = False,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """An object's code, health, and where each of its shares lives."""
     with connect(config) as client:
-        info = client.stat_object(bucket, name)
+        info = client.stat_object(bucket, name, check)
     if as_json:
         print_json(info)
         return

@@ -33,6 +33,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import select
 from starlette.requests import ClientDisconnect
 
+from roost.access import Principal
 from roost.api import DeviceDep, HubContext, HubDep, PrincipalDep
 from roost.atomic import write_atomic
 from roost.errors import NotFoundError, StorageError, ValidationError
@@ -234,8 +235,13 @@ async def list_objects(principal: PrincipalDep, hub: HubDep, bucket: str = "") -
 
 
 @router.get("/store/{bucket}/{name}/stat", tags=["store"])
-async def stat_object(bucket: str, name: str, principal: PrincipalDep, hub: HubDep) -> ObjectView:
-    """The object, where each of its shares lives, and its health."""
+async def stat_object(
+    bucket: str, name: str, principal: PrincipalDep, hub: HubDep, check: bool = False
+) -> ObjectView:
+    """The object, where each of its shares lives, and its health; with ``check``, every
+    online device holding a share re-hashes it first, and what it finds is recorded."""
+    if check:
+        await _check_shares(hub, principal, bucket, name)
 
     def run() -> ObjectView:
         with hub.db.session() as session:
@@ -244,6 +250,26 @@ async def stat_object(bucket: str, name: str, principal: PrincipalDep, hub: HubD
             return view(obj, shares, online(hub, [s.device_id for s in shares]))
 
     return await run_in_threadpool(run)
+
+
+async def _check_shares(hub: HubContext, principal: Principal, bucket: str, name: str) -> None:
+    def load() -> list[Placed]:
+        with hub.db.session() as session:
+            obj = complete_object(session, principal, bucket, name)
+            return placed_on(shares_of(session, obj.id))
+
+    placed = await run_in_threadpool(load)
+    timeout = hub.settings.command_timeout_s
+    asks = [(device, "share-check", {"share": share}, timeout) for device, share in placed]
+    found: dict[str, tuple[str, str]] = {}
+    for (_, share), answer in zip(
+        placed, await ask_all(hub, principal.tenant_id, asks), strict=True
+    ):
+        if answer.ok and isinstance(answer.result, dict):
+            problem = str(answer.result.get("problem", ""))
+            why = f"its device found it {problem} when checked" if problem else ""
+            found[share] = (problem or "stored", why)
+    await run_in_threadpool(mark, hub, found)
 
 
 @router.delete("/store/{bucket}/{name}", tags=["store"])
