@@ -1,4 +1,5 @@
-"""The store's HTTP API: objects for people (``/v1/store``), shares for devices.
+"""The store's HTTP API for people (``/v1/store``); the devices' share routes, included
+here, are in ``exchange.py``.
 
 A put streams the request body through the codec (never the whole object in memory),
 spools each share index to one file under ``DATA/store/out/OBJECT/``, places the shares
@@ -17,29 +18,27 @@ A share file holds one share index of every segment, one after the other; its ha
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 import shutil
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import blake3
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from starlette.requests import ClientDisconnect
 
 from roost.access import Principal
-from roost.api import DeviceDep, HubContext, HubDep, PrincipalDep
-from roost.atomic import write_atomic
-from roost.errors import NotFoundError, StorageError, ValidationError
-from roost.storage.codec import CodecParams, Decoder, EncodedSegment, Encoder, Share
+from roost.api import HubContext, HubDep, PrincipalDep
+from roost.errors import StorageError, ValidationError
+from roost.storage import exchange
+from roost.storage.codec import CodecParams, Decoder, Encoder, Share
+from roost.storage.exchange import Spool, collect, delete_shares
 from roost.storage.manifest import Manifest
-from roost.storage.models import ObjectRow, ShareRow
+from roost.storage.models import ObjectRow
 from roost.storage.objects import (
     ObjectView,
     Placed,
@@ -48,7 +47,6 @@ from roost.storage.objects import (
     drop,
     finish_put,
     mark,
-    own_share,
     placed_on,
     record_placement,
     shares_of,
@@ -57,13 +55,14 @@ from roost.storage.objects import (
     view,
 )
 from roost.storage.placement import choose_code, place, repair_threshold
-from roost.storage.transfer import Answer, ask, ask_all, online, storage_nodes, timeout_for
+from roost.storage.transfer import ask_all, online, storage_nodes, timeout_for
 
 router = APIRouter(prefix="/v1")
+# The devices' share routes first: /store/shares/ID must not be taken for a bucket's object.
+router.include_router(exchange.router)
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
-_TOKEN_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
 class SharesUnavailableError(StorageError):
@@ -79,71 +78,7 @@ def _check_names(bucket: str, name: str) -> None:
         raise ValidationError(f"object name {name!r}: use A-Z, a-z, 0-9, '.', '_', '-'")
 
 
-# -- devices: shares ----------------------------------------------------------------------
-
-
-@router.get("/store/shares/{share_id}", tags=["devices"])
-async def fetch_share(share_id: str, device: DeviceDep, hub: HubDep) -> FileResponse:
-    """A share the hub asked this device to keep (while its put is in progress)."""
-    share = await run_in_threadpool(own_share, hub, share_id, device.id)
-    path = store_dir(hub) / "out" / share.object_id / str(share.index)
-    if not path.exists():
-        raise NotFoundError(f"share {share_id} is no longer waiting on the hub")
-    return FileResponse(path, media_type="application/octet-stream")
-
-
-@router.put("/store/shares/{share_id}", tags=["devices"])
-async def upload_share(
-    share_id: str, get: str, request: Request, device: DeviceDep, hub: HubDep
-) -> dict[str, Any]:
-    """A share this device keeps, sent for the get ``get`` that asked for it."""
-    share = await run_in_threadpool(own_share, hub, share_id, device.id)
-    inbox = store_dir(hub) / "in" / get
-    if not _TOKEN_RE.match(get) or not inbox.is_dir():
-        raise NotFoundError(f"no get {get!r} is waiting for shares")
-    # The device's signature already needed the whole body; it is one share, not an object.
-    body = await request.body()
-    if blake3.blake3(body).hexdigest() != share.hash:
-        why = "what its device sent did not match its hash"
-        await run_in_threadpool(mark, hub, {share_id: ("corrupt", why)})
-        raise StorageError(f"share {share_id} does not match its hash; marked corrupt")
-    await run_in_threadpool(write_atomic, inbox / share_id, body)
-    return {"share": share_id, "bytes": len(body)}
-
-
 # -- people: objects ----------------------------------------------------------------------
-
-
-class _Spool:
-    """Share files of one object being encoded: one file per share index, hashed as written."""
-
-    def __init__(self, root: Path, n: int) -> None:
-        self.root = root
-        root.mkdir(parents=True)
-        self.files: list[BinaryIO] = [(root / str(i)).open("wb") for i in range(n)]
-        self.hashes = [blake3.blake3() for _ in range(n)]
-        self.sizes = [0] * n
-
-    def write(self, segments: list[EncodedSegment]) -> None:
-        for segment in segments:
-            for share in segment.shares:
-                self.files[share.index].write(share.data)
-                self.hashes[share.index].update(share.data)
-                self.sizes[share.index] += len(share.data)
-
-    def close(self) -> None:
-        for f in self.files:
-            f.close()
-
-
-async def _delete_shares(hub: HubContext, tenant_id: str, shares: list[Placed]) -> None:
-    """Ask devices to drop shares; best effort (an offline device keeps an orphan)."""
-    timeout = hub.settings.command_timeout_s
-    await ask_all(
-        hub,
-        tenant_id,
-        [(device, "share-delete", {"share": share}, timeout) for device, share in shares],
-    )
 
 
 @router.put("/store/{bucket}/{name}", tags=["store"], status_code=201)
@@ -161,10 +96,10 @@ async def put_object(
     nodes = await run_in_threadpool(storage_nodes, hub, principal.tenant_id)
     code = choose_code(len(nodes), (k, n) if k is not None and n is not None else None)
     object_id, leftovers = await run_in_threadpool(begin_put, hub, principal, bucket, name)
-    await _delete_shares(hub, principal.tenant_id, leftovers)
+    await delete_shares(hub, principal.tenant_id, leftovers)
     encoder = Encoder(CodecParams(*code))
     root = store_dir(hub) / "out" / object_id
-    spool = await run_in_threadpool(_Spool, root, code[1])
+    spool = await run_in_threadpool(Spool, root, code[1])
     try:
         try:
             async for chunk in request.stream():
@@ -209,7 +144,7 @@ async def put_object(
             dict(zip([r.id for r in rows], answers, strict=True)),
             threshold,
         )
-        await _delete_shares(hub, principal.tenant_id, to_delete)
+        await delete_shares(hub, principal.tenant_id, to_delete)
         if stored is None:
             raise StorageError(f"{bucket}/{name} was not stored: {why}")
         return stored
@@ -284,7 +219,7 @@ async def delete_object(
             return placed
 
     shares = await run_in_threadpool(run)
-    await _delete_shares(hub, principal.tenant_id, shares)
+    await delete_shares(hub, principal.tenant_id, shares)
     return {"bucket": bucket, "name": name, "deleted": True}
 
 
@@ -298,7 +233,7 @@ async def get_object(
     inbox = store_dir(hub) / "in" / token
     await run_in_threadpool(lambda: inbox.mkdir(parents=True))
     try:
-        arrived, problems = await _collect(hub, principal.tenant_id, manifest.k, shares, token)
+        arrived, problems = await collect(hub, principal.tenant_id, manifest.k, shares, token)
         if len(arrived) < manifest.k:
             missing = "; ".join(f"share {i}: {why}" for i, why in sorted(problems.items()))
             raise SharesUnavailableError(
@@ -314,55 +249,6 @@ async def get_object(
         media_type="application/octet-stream",
         headers=headers,
     )
-
-
-async def _collect(
-    hub: HubContext, tenant_id: str, k: int, shares: list[ShareRow], token: str
-) -> tuple[dict[int, Path], dict[int, str]]:
-    """Ask devices to upload their shares for the get ``token``, k + 1 at a time, another
-    for each that fails, until k have arrived (the rest are not waited for) or none are
-    left. Answers the share files by index, and why each other share did not come."""
-    inbox = store_dir(hub) / "in" / token
-    problems = {s.index: f"it is {s.state} on device {s.device_id}" for s in shares}
-    up = await run_in_threadpool(online, hub, [s.device_id for s in shares])
-    waiting: deque[ShareRow] = deque()
-    for s in shares:
-        if s.state == "stored" and s.device_id in up:
-            waiting.append(s)
-            del problems[s.index]
-        elif s.state == "stored":
-            problems[s.index] = f"device {s.device_id} is offline"
-    arrived: dict[int, Path] = {}
-    bad: dict[str, tuple[str, str]] = {}
-    running: dict[asyncio.Task[Answer], ShareRow] = {}
-    try:
-        while len(arrived) < k and (running or waiting):
-            while waiting and len(arrived) + len(running) < k + 1:
-                s = waiting.popleft()
-                args = {"share": s.id, "path": f"/v1/store/shares/{s.id}?get={token}"}
-                asked = ask(
-                    hub, tenant_id, s.device_id, "share-upload", args, timeout_for(hub, s.size)
-                )
-                running[asyncio.create_task(asked)] = s
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                share, answer = running.pop(task), task.result()
-                result = answer.result if isinstance(answer.result, dict) else {}
-                problem = str(result.get("problem", ""))
-                if problem:
-                    bad[share.id] = (problem, "its device found it so when asked for it")
-                    problems[share.index] = f"it is {problem} on device {share.device_id}"
-                elif answer.ok and (inbox / share.id).exists():
-                    arrived[share.index] = inbox / share.id
-                else:
-                    problems[share.index] = answer.error or "it did not arrive"
-    finally:
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
-        if bad:
-            await run_in_threadpool(mark, hub, bad)
-    return arrived, problems
 
 
 def _plaintext(

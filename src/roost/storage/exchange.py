@@ -1,0 +1,143 @@
+"""Shares between the hub and devices: the devices' routes, and the hub's side of moving.
+
+Devices call ``GET /v1/store/shares/ID`` to fetch a share the hub asked them to keep
+(spooled under ``DATA/store/out/OBJECT/INDEX``) and ``PUT /v1/store/shares/ID?get=TOKEN``
+to hand one back for a get (into ``DATA/store/in/TOKEN/``). Both are signed by the
+device's own key and answer only that device's shares. ``collect`` asks devices for
+shares until k have arrived; ``Spool`` writes an object's share files as it is encoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import blake3
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+
+from roost.api import DeviceDep, HubContext, HubDep
+from roost.atomic import write_atomic
+from roost.errors import NotFoundError, StorageError
+from roost.storage.codec import EncodedSegment
+from roost.storage.models import ShareRow
+from roost.storage.objects import Placed, mark, own_share, store_dir
+from roost.storage.transfer import Answer, ask, ask_all, online, timeout_for
+
+router = APIRouter()  # under /v1, through roost.storage.routes
+
+_TOKEN_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+@router.get("/store/shares/{share_id}", tags=["devices"])
+async def fetch_share(share_id: str, device: DeviceDep, hub: HubDep) -> FileResponse:
+    """A share the hub asked this device to keep (while its put is in progress)."""
+    share = await run_in_threadpool(own_share, hub, share_id, device.id)
+    path = store_dir(hub) / "out" / share.object_id / str(share.index)
+    if not path.exists():
+        raise NotFoundError(f"share {share_id} is no longer waiting on the hub")
+    return FileResponse(path, media_type="application/octet-stream")
+
+
+@router.put("/store/shares/{share_id}", tags=["devices"])
+async def upload_share(
+    share_id: str, get: str, request: Request, device: DeviceDep, hub: HubDep
+) -> dict[str, Any]:
+    """A share this device keeps, sent for the get ``get`` that asked for it."""
+    share = await run_in_threadpool(own_share, hub, share_id, device.id)
+    inbox = store_dir(hub) / "in" / get
+    if not _TOKEN_RE.match(get) or not inbox.is_dir():
+        raise NotFoundError(f"no get {get!r} is waiting for shares")
+    # The device's signature already needed the whole body; it is one share, not an object.
+    body = await request.body()
+    if blake3.blake3(body).hexdigest() != share.hash:
+        why = "what its device sent did not match its hash"
+        await run_in_threadpool(mark, hub, {share_id: ("corrupt", why)})
+        raise StorageError(f"share {share_id} does not match its hash; marked corrupt")
+    await run_in_threadpool(write_atomic, inbox / share_id, body)
+    return {"share": share_id, "bytes": len(body)}
+
+
+class Spool:
+    """Share files of one object being encoded: one file per share index, hashed as written."""
+
+    def __init__(self, root: Path, n: int) -> None:
+        self.root = root
+        root.mkdir(parents=True)
+        self.files: list[BinaryIO] = [(root / str(i)).open("wb") for i in range(n)]
+        self.hashes = [blake3.blake3() for _ in range(n)]
+        self.sizes = [0] * n
+
+    def write(self, segments: list[EncodedSegment]) -> None:
+        for segment in segments:
+            for share in segment.shares:
+                self.files[share.index].write(share.data)
+                self.hashes[share.index].update(share.data)
+                self.sizes[share.index] += len(share.data)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+
+async def delete_shares(hub: HubContext, tenant_id: str, shares: list[Placed]) -> None:
+    """Ask devices to drop shares; best effort (an offline device keeps an orphan)."""
+    timeout = hub.settings.command_timeout_s
+    await ask_all(
+        hub,
+        tenant_id,
+        [(device, "share-delete", {"share": share}, timeout) for device, share in shares],
+    )
+
+
+async def collect(
+    hub: HubContext, tenant_id: str, k: int, shares: list[ShareRow], token: str
+) -> tuple[dict[int, Path], dict[int, str]]:
+    """Ask devices to upload their shares for the get ``token``, k + 1 at a time, another
+    for each that fails, until k have arrived (the rest are not waited for) or none are
+    left. Answers the share files by index, and why each other share did not come."""
+    inbox = store_dir(hub) / "in" / token
+    problems = {s.index: f"it is {s.state} on device {s.device_id}" for s in shares}
+    up = await run_in_threadpool(online, hub, [s.device_id for s in shares])
+    waiting: deque[ShareRow] = deque()
+    for s in shares:
+        if s.state == "stored" and s.device_id in up:
+            waiting.append(s)
+            del problems[s.index]
+        elif s.state == "stored":
+            problems[s.index] = f"device {s.device_id} is offline"
+    arrived: dict[int, Path] = {}
+    bad: dict[str, tuple[str, str]] = {}
+    running: dict[asyncio.Task[Answer], ShareRow] = {}
+    try:
+        while len(arrived) < k and (running or waiting):
+            while waiting and len(arrived) + len(running) < k + 1:
+                s = waiting.popleft()
+                args = {"share": s.id, "path": f"/v1/store/shares/{s.id}?get={token}"}
+                asked = ask(
+                    hub, tenant_id, s.device_id, "share-upload", args, timeout_for(hub, s.size)
+                )
+                running[asyncio.create_task(asked)] = s
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                share, answer = running.pop(task), task.result()
+                result = answer.result if isinstance(answer.result, dict) else {}
+                problem = str(result.get("problem", ""))
+                if problem:
+                    bad[share.id] = (problem, "its device found it so when asked for it")
+                    problems[share.index] = f"it is {problem} on device {share.device_id}"
+                elif answer.ok and (inbox / share.id).exists():
+                    arrived[share.index] = inbox / share.id
+                else:
+                    problems[share.index] = answer.error or "it did not arrive"
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        if bad:
+            await run_in_threadpool(mark, hub, bad)
+    return arrived, problems
