@@ -354,6 +354,13 @@ class RoostClient:
         result: dict[str, Any] = self._call("GET", f"/v1/store/{bucket}/{name}/stat", params=params)
         return result
 
+    def repair_object(self, bucket: str, name: str) -> dict[str, Any]:
+        """Rebuild the shares not stored on an online device and place them anew."""
+        result: dict[str, Any] = self._call(
+            "POST", f"/v1/store/{bucket}/{name}/repair", timeout=600
+        )
+        return result
+
     def delete_object(self, bucket: str, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("DELETE", f"/v1/store/{bucket}/{name}")
         return result

@@ -98,7 +98,7 @@ def test_objects_survive_devices_going_away_and_stay_with_their_tenant(
     assert refused.value.status == 404
 
     _small_object_with_a_corrupt_share(hub, agents, tmp_path)
-    _object_of_several_segments(hub, tmp_path)
+    _object_of_several_segments(hub, agents, tmp_path)
     _interrupted_put_is_replaced_by_a_retry(hub, tmp_path)
 
     # n - k = 3 devices away: still readable.
@@ -300,9 +300,9 @@ def test_a_hub_killed_mid_put_shows_no_half_object_and_the_put_can_be_retried(
         assert _get(hub, "big.txt") == OBJECT
 
 
-def _object_of_several_segments(hub: Hub, tmp_path: Path) -> None:
+def _object_of_several_segments(hub: Hub, agents: list[Agent], tmp_path: Path) -> None:
     """2.5 MiB at 2-of-5 (asked for): three 1 MiB segments, each device's share file
-    holding its piece of each."""
+    holding its piece of each. Two share files lost, a repair rebuilds them elsewhere."""
     import io
     import os
 
@@ -316,6 +316,29 @@ def _object_of_several_segments(hub: Hub, tmp_path: Path) -> None:
         assert "(2621447 bytes, 2-of-5)" in put.stdout
         info = api.stat_object("photos", "segments.bin")
         assert (info["k"], info["n"], len(info["shares"])) == (2, 5, 5)
+        out = io.BytesIO()
+        api.get_object("photos", "segments.bin", out)
+        assert out.getvalue() == data
+
+        # Two devices lose their share files: degraded; a repair makes it whole again.
+        by_id = {a.device_id: a for a in agents}
+        lost = {s["index"]: s["device_id"] for s in info["shares"] if s["index"] in (0, 3)}
+        for device_id in lost.values():
+            for share in _share_files(by_id[device_id]):
+                if share.stat().st_size > 1 << 20:
+                    share.unlink()
+        assert api.stat_object("photos", "segments.bin", check=True)["health"] == "degraded"
+        repair = _store(config, "repair", "segments.bin", "--bucket", "photos")
+        assert repair.returncode == 0, repair.stderr
+        assert "5 of 5 shares stored, healthy" in repair.stdout
+        after = api.stat_object("photos", "segments.bin", check=True)
+        assert after["health"] == "healthy"
+        assert {s["index"]: s["state"] for s in after["shares"]} == dict.fromkeys(
+            range(5), "stored"
+        )
+        # Each rebuilt share is on a device that holds no other share of the object.
+        homes = [s["device_id"] for s in after["shares"]]
+        assert len(set(homes)) == 5
         out = io.BytesIO()
         api.get_object("photos", "segments.bin", out)
         assert out.getvalue() == data

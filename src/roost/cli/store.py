@@ -131,6 +131,23 @@ def rm(
     print(f"deleted {bucket}/{name}")
 
 
+@store_app.command("repair")
+def repair(
+    name: Annotated[str, typer.Argument(help="the object's name")],
+    bucket: BucketOpt = DEFAULT_BUCKET,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild the shares that are not stored on an online device, on other devices."""
+    with connect(config) as client:
+        info = client.repair_object(bucket, name)
+    if as_json:
+        print_json(info)
+        return
+    stored = sum(1 for s in info["shares"] if s["state"] == "stored" and s["online"])
+    print(f"{bucket}/{name}: {stored} of {info['n']} shares stored, {info['health']}")
+
+
 @store_app.command("stat")
 def stat(
     name: Annotated[str, typer.Argument(help="the object's name")],

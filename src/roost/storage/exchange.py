@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,7 +24,7 @@ from fastapi.responses import FileResponse
 from roost.api import DeviceDep, HubContext, HubDep
 from roost.atomic import write_atomic
 from roost.errors import NotFoundError, StorageError
-from roost.storage.codec import EncodedSegment
+from roost.storage.codec import EncodedSegment, Share
 from roost.storage.models import ShareRow
 from roost.storage.objects import Placed, mark, own_share, store_dir
 from roost.storage.transfer import Answer, ask, ask_all, online, timeout_for
@@ -62,6 +63,21 @@ async def upload_share(
     return {"share": share_id, "bytes": len(body)}
 
 
+class SharesUnavailableError(StorageError):
+    """Fewer than k of an object's shares could be read; the message names the rest."""
+
+    status = 503
+
+
+def need_k(what: str, k: int, arrived: dict[int, Path], problems: dict[int, str]) -> None:
+    """Raise ``SharesUnavailableError`` naming each missing share unless k arrived."""
+    if len(arrived) < k:
+        missing = "; ".join(f"share {i}: {why}" for i, why in sorted(problems.items()))
+        raise SharesUnavailableError(
+            f"{what} cannot be read: {len(arrived)} of the {k} shares it needs arrived ({missing})"
+        )
+
+
 class Spool:
     """Share files of one object being encoded: one file per share index, hashed as written."""
 
@@ -74,10 +90,13 @@ class Spool:
 
     def write(self, segments: list[EncodedSegment]) -> None:
         for segment in segments:
-            for share in segment.shares:
-                self.files[share.index].write(share.data)
-                self.hashes[share.index].update(share.data)
-                self.sizes[share.index] += len(share.data)
+            self.add(segment.shares)
+
+    def add(self, shares: Iterable[Share]) -> None:
+        for share in shares:
+            self.files[share.index].write(share.data)
+            self.hashes[share.index].update(share.data)
+            self.sizes[share.index] += len(share.data)
 
     def close(self) -> None:
         for f in self.files:

@@ -124,8 +124,10 @@ def own_share(hub: HubContext, share_id: str, device_id: str) -> ShareRow:
         return share
 
 
-# A get's inbox older than this belongs to no request still running.
+# A get's inbox older than this belongs to no request still running; a spool of a
+# complete object (a repair's) older than that, to no repair.
 STALE_INBOX_S = 24 * 3600
+STALE_SPOOL_S = 3600
 
 
 def sweep_spool(hub: HubContext) -> None:
@@ -139,9 +141,12 @@ def sweep_spool(hub: HubContext) -> None:
             pending = set(
                 session.scalars(select(ObjectRow.id).where(ObjectRow.state == "pending")).all()
             )
+        old_enough = time.time() - STALE_SPOOL_S
         for path in spooled:
-            if path.name not in pending:
-                shutil.rmtree(path, ignore_errors=True)
+            # A repair spools shares of a complete object: leave young directories alone.
+            with contextlib.suppress(FileNotFoundError):
+                if path.name not in pending and path.stat().st_mtime < old_enough:
+                    shutil.rmtree(path, ignore_errors=True)
     if inbox.is_dir():
         old = time.time() - STALE_INBOX_S
         for path in inbox.iterdir():
@@ -203,24 +208,59 @@ def record_placement(
             raise StorageError(f"object {object_id} was replaced while it was being put")
         obj.manifest, obj.wrapped_key, obj.size = manifest.to_json(), wrapped, manifest.object_size
         obj.k, obj.n = manifest.k, manifest.n
-        rows = [
-            ShareRow(
-                id=secrets.token_hex(8),
-                object_id=object_id,
-                index=index,
-                device_id=device_id,
-                state="pending",
-                size=sizes[index],
-                hash=hashes[index],
-                error="",
-            )
-            for index, device_id in placement.items()
-        ]
-        session.add_all(rows)
-        session.flush()
-        for row in rows:
-            session.expunge(row)
-        return rows
+        return _add_shares(session, object_id, placement, sizes, hashes)
+
+
+def _add_shares(
+    session: Session,
+    object_id: str,
+    placement: dict[int, str],
+    sizes: list[int],
+    hashes: list[str],
+) -> list[ShareRow]:
+    rows = [
+        ShareRow(
+            id=secrets.token_hex(8),
+            object_id=object_id,
+            index=index,
+            device_id=device_id,
+            state="pending",
+            size=sizes[index],
+            hash=hashes[index],
+            error="",
+        )
+        for index, device_id in placement.items()
+    ]
+    session.add_all(rows)
+    session.flush()
+    for row in rows:
+        session.expunge(row)
+    return rows
+
+
+def replace_shares(
+    hub: HubContext,
+    object_id: str,
+    placement: dict[int, str],
+    sizes: list[int],
+    hashes: list[str],
+) -> tuple[list[ShareRow], list[Placed]]:
+    """New homes for some of an object's shares (repair): new pending rows for the indices
+    of ``placement``, and the rows they replace gone (answered, to be deleted on devices)."""
+    with hub.db.session() as session:
+        old = [s for s in shares_of(session, object_id) if s.index in placement]
+        gone = placed_on(old)
+        session.execute(delete(ShareRow).where(ShareRow.id.in_([s.id for s in old])))
+        return _add_shares(session, object_id, placement, sizes, hashes), gone
+
+
+def settle_shares(hub: HubContext, answers: dict[str, Answer]) -> None:
+    """What devices did with shares they were asked to fetch: stored, or failed and why."""
+    with hub.db.session() as session:
+        for share_id, answer in answers.items():
+            row = session.get(ShareRow, share_id)
+            if row is not None:
+                row.state, row.error = ("stored", "") if answer.ok else ("failed", answer.error)
 
 
 def finish_put(

@@ -10,7 +10,8 @@ replaces an older object of the same name; until then it is ``pending`` and invi
 A get asks k + 1 online devices holding shares to upload theirs to
 ``DATA/store/in/TOKEN/``, another for each that fails, checks each share file against
 its hash as it arrives, and streams the plaintext decoded from the first k to arrive.
-Fewer than k is a ``SharesUnavailableError`` naming every missing share and why.
+Fewer than k is a ``SharesUnavailableError`` (``exchange.need_k``) naming every missing
+share and why.
 
 A share file holds one share index of every segment, one after the other; its hash
 (BLAKE3 of the file) is on the share row, and the manifest has each piece's hash.
@@ -34,9 +35,9 @@ from starlette.requests import ClientDisconnect
 from roost.access import Principal
 from roost.api import HubContext, HubDep, PrincipalDep
 from roost.errors import StorageError, ValidationError
-from roost.storage import exchange
+from roost.storage import exchange, repair
 from roost.storage.codec import CodecParams, Decoder, Encoder, Share
-from roost.storage.exchange import Spool, collect, delete_shares
+from roost.storage.exchange import Spool, collect, delete_shares, need_k
 from roost.storage.manifest import Manifest
 from roost.storage.models import ObjectRow
 from roost.storage.objects import (
@@ -60,15 +61,10 @@ from roost.storage.transfer import ask_all, online, storage_nodes, timeout_for
 router = APIRouter(prefix="/v1")
 # The devices' share routes first: /store/shares/ID must not be taken for a bucket's object.
 router.include_router(exchange.router)
+router.include_router(repair.router)
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
-
-
-class SharesUnavailableError(StorageError):
-    """Fewer than k of an object's shares could be read; the message names the rest."""
-
-    status = 503
 
 
 def _check_names(bucket: str, name: str) -> None:
@@ -234,12 +230,7 @@ async def get_object(
     await run_in_threadpool(lambda: inbox.mkdir(parents=True))
     try:
         arrived, problems = await collect(hub, principal.tenant_id, manifest.k, shares, token)
-        if len(arrived) < manifest.k:
-            missing = "; ".join(f"share {i}: {why}" for i, why in sorted(problems.items()))
-            raise SharesUnavailableError(
-                f"{bucket}/{name} cannot be read: {len(arrived)} of the {manifest.k} shares "
-                f"it needs arrived ({missing})"
-            )
+        need_k(f"{bucket}/{name}", manifest.k, arrived, problems)
     except BaseException:
         await run_in_threadpool(shutil.rmtree, inbox, True)
         raise
