@@ -361,6 +361,11 @@ class RoostClient:
         )
         return result
 
+    def drain_device(self, device_id: str) -> dict[str, Any]:
+        """Move every share the device holds to other devices (``failed``: per object)."""
+        result: dict[str, Any] = self._call("POST", f"/v1/store/drain/{device_id}", timeout=600)
+        return result
+
     def delete_object(self, bucket: str, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("DELETE", f"/v1/store/{bucket}/{name}")
         return result

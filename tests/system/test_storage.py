@@ -342,4 +342,21 @@ def _object_of_several_segments(hub: Hub, agents: list[Agent], tmp_path: Path) -
         out = io.BytesIO()
         api.get_object("photos", "segments.bin", out)
         assert out.getvalue() == data
+
+        # Drain a device: its share of segments.bin moves to the one device without one;
+        # test.txt has a share on every device that offers space, so it has nowhere to go.
+        leaving = homes[0]
+        drained = _store(config, "drain", leaving, "--json")
+        assert drained.returncode == 1, drained.stderr
+        done = json.loads(drained.stdout)
+        assert (done["moved"], done["objects"]) == (1, 2)
+        assert list(done["failed"]) == ["photos/test.txt"]
+        assert "devices have" in done["failed"]["photos/test.txt"]
+        after = api.stat_object("photos", "segments.bin")
+        assert leaving not in [s["device_id"] for s in after["shares"]]
+        assert after["health"] == "healthy"
+        assert [p for p in _share_files(by_id[leaving]) if p.stat().st_size > 1 << 20] == []
+        out = io.BytesIO()
+        api.get_object("photos", "segments.bin", out)
+        assert out.getvalue() == data
         api.delete_object("photos", "segments.bin")

@@ -148,6 +148,26 @@ def repair(
     print(f"{bucket}/{name}: {stored} of {info['n']} shares stored, {info['health']}")
 
 
+@store_app.command("drain")
+def drain(
+    device_id: Annotated[str, typer.Argument(help="the device to move shares off")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move every share a device holds to other devices, before it is retired (set its
+    storage quota to 0 as well, or new puts will use it again)."""
+    with connect(config) as client:
+        done = client.drain_device(device_id)
+    if as_json:
+        print_json(done)
+    else:
+        print(f"{device_id}: moved {done['moved']} share(s) of {done['objects']} object(s)")
+        for name, why in done["failed"].items():
+            print(f"  not moved: {name}: {why}")
+    if done["failed"]:
+        sys.exit(1)  # the CLI runs click without standalone mode: typer.Exit would be lost
+
+
 @store_app.command("stat")
 def stat(
     name: Annotated[str, typer.Argument(help="the object's name")],

@@ -6,8 +6,10 @@ as a get does, rebuilds every share that is not stored on an online device with
 the first ones, so the manifest and the hashes stay), places them with
 ``place(..., keep=...)`` on devices that hold none of the object's shares, and asks those
 devices to fetch them. The shares they replace are deleted on their old devices (best
-effort). Nothing runs it by itself yet: a repair loop would call the same steps for
-objects whose healthy shares fall below the repair threshold.
+effort). ``POST /v1/store/drain/DEVICE`` (``roost store drain``) does the same for every
+object with a share on a device, counting that device's shares as gone and placing
+nothing on it. Nothing runs either by itself yet: a repair loop would call ``rebuild``
+for objects whose healthy shares fall below the repair threshold.
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
+from sqlalchemy import select
 
-from roost.api import HubDep, PrincipalDep
+from roost.api import HubContext, HubDep, PrincipalDep
+from roost.errors import RoostError
+from roost.fleet.service import get_device
 from roost.storage.codec import Share, rebuild_shares
 from roost.storage.exchange import Spool, collect, delete_shares, need_k
 from roost.storage.manifest import Manifest
+from roost.storage.models import ObjectRow, ShareRow
 from roost.storage.objects import (
     ObjectView,
     complete_object,
@@ -54,50 +61,69 @@ def _rebuild(manifest: Manifest, arrived: dict[int, Path], wanted: list[int], ro
     return spool
 
 
+async def rebuild(
+    hub: HubContext,
+    tenant: str,
+    obj: ObjectRow,
+    manifest: Manifest,
+    shares: list[ShareRow],
+    leaving: str = "",
+) -> int:
+    """Rebuild and re-place every share of ``obj`` not stored on an online device (or on
+    the device ``leaving``, which gets none); answers how many shares were moved."""
+    up = await run_in_threadpool(online, hub, [s.device_id for s in shares])
+    keep = {
+        s.index: s.device_id
+        for s in shares
+        if s.state == "stored" and s.device_id in up and s.device_id != leaving
+    }
+    if len(keep) == manifest.n:
+        return 0
+    token = secrets.token_hex(8)
+    inbox, root = store_dir(hub) / "in" / token, store_dir(hub) / "out" / obj.id
+    await run_in_threadpool(lambda: inbox.mkdir(parents=True))
+    await run_in_threadpool(shutil.rmtree, root, True)
+    try:
+        arrived, problems = await collect(hub, tenant, manifest.k, shares, token)
+        need_k(f"{obj.bucket}/{obj.name}", manifest.k, arrived, problems)
+        # A share found bad while collecting has no healthy home either.
+        keep = {i: d for i, d in keep.items() if i not in problems}
+        wanted = [i for i in range(manifest.n) if i not in keep]
+        nodes = await run_in_threadpool(storage_nodes, hub, tenant)
+        nodes = [node for node in nodes if node.device_id != leaving]
+        spool = await run_in_threadpool(_rebuild, manifest, arrived, wanted, root)
+        size = max(spool.sizes[i] for i in wanted)
+        placement = place(obj.id, nodes, manifest.n, size, keep=keep)
+        hashes = [h.hexdigest() for h in spool.hashes]
+        moved = {i: placement[i] for i in wanted}
+        rows, gone = await run_in_threadpool(
+            replace_shares, hub, obj.id, moved, spool.sizes, hashes
+        )
+        asks = [
+            (
+                r.device_id,
+                "share-fetch",
+                {"share": r.id, "size": r.size, "hash": r.hash},
+                timeout_for(hub, r.size),
+            )
+            for r in rows
+        ]
+        answers = await ask_all(hub, tenant, asks)
+        await run_in_threadpool(
+            settle_shares, hub, {r.id: a for r, a in zip(rows, answers, strict=True)}
+        )
+        await delete_shares(hub, tenant, gone)
+        return len(rows)
+    finally:
+        await run_in_threadpool(shutil.rmtree, inbox, True)
+        await run_in_threadpool(shutil.rmtree, root, True)
+
+
 @router.post("/store/{bucket}/{name}/repair", tags=["store"])
 async def repair_object(bucket: str, name: str, principal: PrincipalDep, hub: HubDep) -> ObjectView:
     """Rebuild and re-place every share not stored on an online device; then the stat."""
-    tenant = principal.tenant_id
     obj, manifest, _, shares = await run_in_threadpool(to_read, hub, principal, bucket, name)
-    up = await run_in_threadpool(online, hub, [s.device_id for s in shares])
-    keep = {s.index: s.device_id for s in shares if s.state == "stored" and s.device_id in up}
-    if len(keep) < manifest.n:
-        token = secrets.token_hex(8)
-        inbox, root = store_dir(hub) / "in" / token, store_dir(hub) / "out" / obj.id
-        await run_in_threadpool(lambda: inbox.mkdir(parents=True))
-        await run_in_threadpool(shutil.rmtree, root, True)
-        try:
-            arrived, problems = await collect(hub, tenant, manifest.k, shares, token)
-            need_k(f"{bucket}/{name}", manifest.k, arrived, problems)
-            # A share found bad while collecting has no healthy home either.
-            keep = {i: d for i, d in keep.items() if i not in problems}
-            wanted = [i for i in range(manifest.n) if i not in keep]
-            spool = await run_in_threadpool(_rebuild, manifest, arrived, wanted, root)
-            nodes = await run_in_threadpool(storage_nodes, hub, tenant)
-            size = max(spool.sizes[i] for i in wanted)
-            placement = place(obj.id, nodes, manifest.n, size, keep=keep)
-            hashes = [h.hexdigest() for h in spool.hashes]
-            moved = {i: placement[i] for i in wanted}
-            rows, gone = await run_in_threadpool(
-                replace_shares, hub, obj.id, moved, spool.sizes, hashes
-            )
-            asks = [
-                (
-                    r.device_id,
-                    "share-fetch",
-                    {"share": r.id, "size": r.size, "hash": r.hash},
-                    timeout_for(hub, r.size),
-                )
-                for r in rows
-            ]
-            answers = await ask_all(hub, tenant, asks)
-            await run_in_threadpool(
-                settle_shares, hub, {r.id: a for r, a in zip(rows, answers, strict=True)}
-            )
-            await delete_shares(hub, tenant, gone)
-        finally:
-            await run_in_threadpool(shutil.rmtree, inbox, True)
-            await run_in_threadpool(shutil.rmtree, root, True)
+    await rebuild(hub, principal.tenant_id, obj, manifest, shares)
 
     def stat() -> ObjectView:
         with hub.db.session() as session:
@@ -106,3 +132,43 @@ async def repair_object(bucket: str, name: str, principal: PrincipalDep, hub: Hu
             return view(current, now, online(hub, [s.device_id for s in now]))
 
     return await run_in_threadpool(stat)
+
+
+class DrainView(BaseModel):
+    device_id: str
+    moved: int
+    objects: int
+    failed: dict[str, str]
+
+
+@router.post("/store/drain/{device_id}", tags=["store"])
+async def drain_device(device_id: str, principal: PrincipalDep, hub: HubDep) -> DrainView:
+    """Move every share a device holds to other devices (one object at a time), before it
+    is retired. Set its quota to 0 too, or new puts will use it again."""
+
+    def held() -> list[tuple[str, str]]:
+        with hub.db.session() as session:
+            get_device(session, principal, device_id)
+            rows = session.execute(
+                select(ObjectRow.bucket, ObjectRow.name)
+                .join(ShareRow, ShareRow.object_id == ObjectRow.id)
+                .where(
+                    ObjectRow.tenant_id == principal.tenant_id,
+                    ObjectRow.state == "complete",
+                    ShareRow.device_id == device_id,
+                )
+                .distinct()
+            ).all()
+            return [(bucket, name) for bucket, name in rows]
+
+    objects = await run_in_threadpool(held)
+    moved, failed = 0, {}
+    for bucket, name in objects:
+        try:
+            obj, manifest, _, shares = await run_in_threadpool(
+                to_read, hub, principal, bucket, name
+            )
+            moved += await rebuild(hub, principal.tenant_id, obj, manifest, shares, device_id)
+        except RoostError as err:
+            failed[f"{bucket}/{name}"] = str(err)
+    return DrainView(device_id=device_id, moved=moved, objects=len(objects), failed=failed)
