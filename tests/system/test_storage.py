@@ -134,6 +134,10 @@ def test_objects_survive_devices_going_away_and_stay_with_their_tenant(
             acme.stat_object("photos", "test.txt")
         with pytest.raises(NotFoundError):
             acme.delete_object("photos", "test.txt")
+        with pytest.raises(NotFoundError):
+            acme.repair_object("photos", "test.txt")
+        with pytest.raises(NotFoundError):
+            acme.drain_device(agents[4].device_id)
         with pytest.raises(NotFoundError), (tmp_path / "acme").open("wb") as out:
             acme.get_object("photos", "test.txt", out)
     assert _get(hub) == OBJECT
