@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from roost.errors import HubError, NotFoundError
-from system.harness import ROOST, Agent, Hub
+from system.harness import Agent, Hub, cli
 from system.procs import StartProc, wait_for
 
 QUOTA = str(8 << 20)
@@ -24,12 +24,7 @@ OBJECT = b"".join(MARK + f" {i:06d}\n".encode() for i in range(7000))
 
 
 def _store(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*ROOST, "store", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return cli(config, "store", *args)
 
 
 def _share_files(agent: Agent) -> list[Path]:
