@@ -76,6 +76,9 @@ def config_text(directory: Path, port: int, host: str, max_packet: int) -> str:
             # connected at once).
             "max_inflight_messages 0",
             f"max_packet_size {max_packet}",
+            # Small messages go out at once: with Nagle's algorithm a device's event
+            # waited ~20 ms in the broker for the hub's delayed ACK.
+            "set_tcp_nodelay true",
             "log_dest stdout",
             "log_type error",
             "log_type warning",

@@ -15,6 +15,9 @@ def run(settings: HubSettings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Not a line per webhook or per MQTT packet: the hub logs what it decides itself.
+    for chatty in ("httpx", "gmqtt"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
     app = create_app(settings)
     identity = app.state.hub.identity
     config = uvicorn.Config(
