@@ -169,6 +169,13 @@ class HubSettings(_Settings):
     smtp_user: str = ""
     smtp_password: str = dataclasses.field(default="", repr=False)
     smtp_timeout_s: float = 30.0
+    # The store's repair loop (``roost.storage.upkeep``): it looks every interval for
+    # objects with a share known bad, on a device revoked, draining or offline past the
+    # grace, or fewer healthy shares than the repair threshold, and rebuilds them, moving
+    # at most about ``store_repair_bytes_per_s`` of shares.
+    store_repair_interval_s: float = 60.0
+    store_repair_grace_s: float = 3600.0
+    store_repair_bytes_per_s: float = 20_000_000.0
     log_level: str = "info"
 
     _bounds: typing.ClassVar[Mapping[str, tuple[float, float]]] = {
@@ -195,6 +202,9 @@ class HubSettings(_Settings):
         "delivery_poll_s": (0.01, 60),
         "smtp_port": (1, 65535),
         "smtp_timeout_s": (1, 60),
+        "store_repair_interval_s": (0.1, 7 * 24 * 3600),
+        "store_repair_grace_s": (0, 365 * 24 * 3600),
+        "store_repair_bytes_per_s": (1000, 1e12),
     }
 
     @property
@@ -235,6 +245,9 @@ class AgentSettings(_Settings):
     events_max_connections: int = 16
     # Disk this device offers the fleet's store (``storage.quota``); 0 offers nothing.
     storage_quota_bytes: int = 0
+    # Re-hash every share this often (each wait drawn within ±10 %, the first anywhere in
+    # it, so devices do not scrub together); bad ones are reported to the hub.
+    storage_scrub_interval_s: float = 24 * 3600.0
 
     _bounds: typing.ClassVar[Mapping[str, tuple[float, float]]] = {
         "heartbeat_interval_s": (0.1, 24 * 3600),
@@ -253,4 +266,5 @@ class AgentSettings(_Settings):
         "events_burst": (1, 1_000_000),
         "events_max_connections": (1, 1024),
         "storage_quota_bytes": (0, 1 << 60),
+        "storage_scrub_interval_s": (0.1, 365 * 24 * 3600),
     }

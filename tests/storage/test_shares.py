@@ -84,3 +84,17 @@ def test_share_ids_cannot_name_other_files(tmp_path: Path, bad: str) -> None:
         store.read(bad)
     with pytest.raises(ValidationError):
         store.put(bad, b"a", _hash(b"a"))
+
+
+def test_a_scrub_names_the_shares_gone_bad_and_not_one_still_arriving(tmp_path: Path) -> None:
+    store = ShareStore(tmp_path / "shares", quota_bytes=10_000)
+    good, rotten, lost = "aa" * 8, "bb" * 8, "cc" * 8
+    for share_id in (good, rotten, lost):
+        store.put(share_id, share_id.encode() * 10, _hash(share_id.encode() * 10))
+    (tmp_path / "shares" / rotten).write_bytes(b"x" * 160)
+    (tmp_path / "shares" / lost).unlink()
+    # Bytes renamed into place but the hash file not yet written: not counted yet.
+    (tmp_path / "shares" / ("dd" * 8)).write_bytes(b"arriving")
+    assert store.scrub() == {rotten: "corrupt", lost: "missing"}
+    assert store.check(good) == ""
+    assert ShareStore(tmp_path / "none", quota_bytes=0).scrub() == {}

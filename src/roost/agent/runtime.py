@@ -114,6 +114,7 @@ class Agent:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._outbox_loop(), name="outbox"),
             asyncio.create_task(self._renew_loop(), name="renew"),
+            asyncio.create_task(self._scrub_loop(), name="scrub"),
         ]
         self._want_apps(stored_apps(self.outbox.get("apps_wanted")))
         await self._stop.wait()
@@ -393,6 +394,21 @@ class Agent:
             self.outbox.mark_sent(sent, now)
             if len(due) == self.settings.outbox_batch:
                 self._wake_outbox.set()
+
+    async def _scrub_loop(self) -> None:
+        """Re-hash the shares now and then; the first scrub anywhere in the first interval,
+        then every interval ±10 %, so a fleet started together does not scrub together."""
+        wait = random.uniform(0, self.settings.storage_scrub_interval_s)
+        while True:
+            await asyncio.sleep(wait)
+            wait = self.settings.storage_scrub_interval_s * random.uniform(0.9, 1.1)
+            try:
+                found = await self.shares.scrub()
+            except Exception:
+                log.exception("scrubbing shares failed")
+                continue
+            for share_id, problem in found.items():
+                log.warning("scrub: share %s is %s; reported to the hub", share_id, problem)
 
     async def _renew_loop(self) -> None:
         from roost.agent import enroll

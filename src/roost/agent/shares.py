@@ -13,6 +13,7 @@ hub asks (``share-fetch``, ``share-upload``) and the device calls back. No inbou
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shutil
@@ -26,7 +27,9 @@ import blake3
 from roost.agent import hubapi
 from roost.agent.commands import CommandTable
 from roost.atomic import write_atomic
-from roost.errors import StorageError, ValidationError
+from roost.errors import RoostError, StorageError, ValidationError
+
+log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[0-9a-f]{8,64}$")
 _HASH = ".blake3"
@@ -86,6 +89,26 @@ class ShareStore:
         if blake3.blake3(data).hexdigest() != expected:
             return b"", "corrupt"
         return data, ""
+
+    def check(self, share_id: str) -> str:
+        """Re-hash a share without holding it in memory: ``""``, ``missing`` or ``corrupt``."""
+        path = self._path(share_id)
+        try:
+            expected = path.with_name(share_id + _HASH).read_text().strip()
+            actual = blake3.blake3(max_threads=1).update_mmap(path).hexdigest()
+        except FileNotFoundError:
+            return "missing"
+        return "" if actual == expected else "corrupt"
+
+    def scrub(self) -> dict[str, str]:
+        """Every share found missing or corrupt: {share id: problem}. A share counts from
+        the moment its hash file is written (after its bytes), so one arriving is not
+        taken for missing."""
+        if not self.root.exists():
+            return {}
+        ids = sorted(p.name[: -len(_HASH)] for p in self.root.glob("*" + _HASH))
+        found = {share_id: self.check(share_id) for share_id in ids if _ID.match(share_id)}
+        return {share_id: problem for share_id, problem in found.items() if problem}
 
     def delete(self, share_id: str) -> bool:
         path = self._path(share_id)
@@ -193,8 +216,29 @@ class ShareCommands:
     async def check(self, args: dict[str, Any]) -> Any:
         """Re-hash a share on demand: ``problem`` is "", "missing" or "corrupt"."""
         share_id = str(args["share"])
-        _, problem = await asyncio.to_thread(self.store.read, share_id)
+        problem = await asyncio.to_thread(self.store.check, share_id)
         return {"share": share_id, "problem": problem}
+
+    async def scrub(self) -> dict[str, str]:
+        """Re-hash every share and report each bad one to the hub, which marks it for
+        repair (``POST /v1/store/shares/ID/problem``); answers what was found."""
+        found = await asyncio.to_thread(self.store.scrub)
+        url, context, signer = self._hub()
+        for share_id, problem in found.items():
+            try:
+                await asyncio.to_thread(
+                    hubapi.request,
+                    url,
+                    "POST",
+                    f"/v1/store/shares/{share_id}/problem",
+                    context,
+                    {"problem": problem},
+                    signer,
+                    self._timeout,
+                )
+            except RoostError as err:  # the next scrub tries again
+                log.warning("could not report share %s as %s: %s", share_id, problem, err)
+        return found
 
     async def delete(self, args: dict[str, Any]) -> Any:
         share_id = str(args["share"])

@@ -20,6 +20,7 @@ from roost.cli.events import events_app, schedules_app
 from roost.cli.rollouts import deploy, rollout_app, undeploy
 from roost.cli.rules import rules_app
 from roost.cli.secrets import secrets_app
+from roost.cli.store import drain as store_drain
 from roost.cli.store import store_app
 from roost.errors import RoostError, ValidationError
 
@@ -228,6 +229,17 @@ def devices_label(
     with connect(config) as client:
         device = client.label(device_id, parse_pairs(labels, allow_remove=True))
     print(",".join(f"{k}={v}" for k, v in sorted(device["labels"].items())) or "(no labels)")
+
+
+@devices_app.command("drain")
+def devices_drain(
+    device_id: Annotated[str, typer.Argument(help="the device to move shares off")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Mark a device draining (it takes no new shares) and move every share it holds to
+    other devices, before it is retired (the same as ``roost store drain``)."""
+    store_drain(device_id, config, as_json)
 
 
 @devices_app.command("revoke")

@@ -154,8 +154,8 @@ def drain(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Move every share a device holds to other devices, before it is retired (set its
-    storage quota to 0 as well, or new puts will use it again)."""
+    """Mark a device draining (it takes no new shares) and move every share it holds to
+    other devices, before it is retired (also ``roost devices drain``)."""
     with connect(config) as client:
         done = client.drain_device(device_id)
     if as_json:

@@ -38,6 +38,7 @@ from roost.rules.delivery import Delivery
 from roost.rules.runner import RuleRunner
 from roost.rules.secrets import SecretStore
 from roost.settings import HubSettings
+from roost.storage.upkeep import repair_loop
 from roost.wire import Ack, Command, Desired, Reply, topics
 from roost.wire.topics import Down
 
@@ -136,6 +137,7 @@ class Hub:
             self._rollout_loop(),
             self._retention_loop(),
             self._schedule_loop(),
+            repair_loop(self),
             self.rules.run(self._rules_wanted, self.delivery.notify),
         ):
             self._spawn(loop)

@@ -14,12 +14,13 @@ import re
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import blake3
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
+from pydantic import BaseModel
 
 from roost.api import DeviceDep, HubContext, HubDep
 from roost.atomic import write_atomic
@@ -61,6 +62,22 @@ async def upload_share(
         raise StorageError(f"share {share_id} does not match its hash; marked corrupt")
     await run_in_threadpool(write_atomic, inbox / share_id, body)
     return {"share": share_id, "bytes": len(body)}
+
+
+class ProblemReport(BaseModel):
+    problem: Literal["missing", "corrupt"]
+
+
+@router.post("/store/shares/{share_id}/problem", tags=["devices"])
+async def report_share(
+    share_id: str, body: ProblemReport, device: DeviceDep, hub: HubDep
+) -> dict[str, Any]:
+    """A device's scrub found one of its shares missing or corrupt: marked, so the repair
+    loop rebuilds it elsewhere."""
+    await run_in_threadpool(own_share, hub, share_id, device.id)
+    why = f"device {device.id} found it {body.problem} when scrubbing"
+    await run_in_threadpool(mark, hub, {share_id: (body.problem, why)})
+    return {"share": share_id, "state": body.problem}
 
 
 class SharesUnavailableError(StorageError):

@@ -8,14 +8,17 @@ the first ones, so the manifest and the hashes stay), places them with
 devices to fetch them. The shares they replace are deleted on their old devices (best
 effort). ``POST /v1/store/drain/DEVICE`` (``roost store drain``) does the same for every
 object with a share on a device, counting that device's shares as gone and placing
-nothing on it. Nothing runs either by itself yet: a repair loop would call ``rebuild``
-for objects whose healthy shares fall below the repair threshold.
+nothing on it, and marks it draining so it takes no new shares. ``roost.storage.upkeep``
+runs ``rebuild`` by itself for objects that need it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
+import weakref
+from collections.abc import Collection
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -25,7 +28,7 @@ from sqlalchemy import select
 
 from roost.api import HubContext, HubDep, PrincipalDep
 from roost.errors import RoostError
-from roost.fleet.service import get_device
+from roost.fleet.service import desired_message, set_labels
 from roost.storage.codec import Share, rebuild_shares
 from roost.storage.exchange import Spool, collect, delete_shares, need_k
 from roost.storage.manifest import Manifest
@@ -41,7 +44,8 @@ from roost.storage.objects import (
     view,
 )
 from roost.storage.placement import place
-from roost.storage.transfer import ask_all, online, storage_nodes, timeout_for
+from roost.storage.transfer import DRAIN_LABEL, ask_all, online, storage_nodes, timeout_for
+from roost.wire import Desired
 
 router = APIRouter()  # under /v1, through roost.storage.routes
 
@@ -66,16 +70,45 @@ async def rebuild(
     tenant: str,
     obj: ObjectRow,
     manifest: Manifest,
-    shares: list[ShareRow],
-    leaving: str = "",
+    leaving: Collection[str] = (),
 ) -> int:
     """Rebuild and re-place every share of ``obj`` not stored on an online device (or on
-    the device ``leaving``, which gets none); answers how many shares were moved."""
+    the devices ``leaving``, which get none); answers how many shares were moved.
+
+    One rebuild of an object at a time in this hub (a drain, ``roost store repair`` and
+    the repair loop may meet): the next one starts from the shares the first left."""
+    lock = _rebuilding.setdefault(obj.id, asyncio.Lock())
+    async with lock:
+        current = await run_in_threadpool(_shares_now, hub, obj.id)
+        return await _rebuild_locked(hub, tenant, obj, manifest, current, leaving)
+
+
+# Locks of the objects being rebuilt; each goes when no rebuild holds it any more.
+_rebuilding: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+def _shares_now(hub: HubContext, object_id: str) -> list[ShareRow]:
+    with hub.db.session() as session:
+        shares = shares_of(session, object_id)
+        session.expunge_all()
+        return shares
+
+
+async def _rebuild_locked(
+    hub: HubContext,
+    tenant: str,
+    obj: ObjectRow,
+    manifest: Manifest,
+    shares: list[ShareRow],
+    leaving: Collection[str],
+) -> int:
     up = await run_in_threadpool(online, hub, [s.device_id for s in shares])
+    # Those on online devices first, stored first: the ones to ask (as in ``to_read``).
+    shares.sort(key=lambda s: (s.device_id not in up, s.state != "stored", s.index))
     keep = {
         s.index: s.device_id
         for s in shares
-        if s.state == "stored" and s.device_id in up and s.device_id != leaving
+        if s.state == "stored" and s.device_id in up and s.device_id not in leaving
     }
     if len(keep) == manifest.n:
         return 0
@@ -90,7 +123,7 @@ async def rebuild(
         keep = {i: d for i, d in keep.items() if i not in problems}
         wanted = [i for i in range(manifest.n) if i not in keep]
         nodes = await run_in_threadpool(storage_nodes, hub, tenant)
-        nodes = [node for node in nodes if node.device_id != leaving]
+        nodes = [node for node in nodes if node.device_id not in leaving]
         spool = await run_in_threadpool(_rebuild, manifest, arrived, wanted, root)
         size = max(spool.sizes[i] for i in wanted)
         placement = place(obj.id, nodes, manifest.n, size, keep=keep)
@@ -122,8 +155,8 @@ async def rebuild(
 @router.post("/store/{bucket}/{name}/repair", tags=["store"])
 async def repair_object(bucket: str, name: str, principal: PrincipalDep, hub: HubDep) -> ObjectView:
     """Rebuild and re-place every share not stored on an online device; then the stat."""
-    obj, manifest, _, shares = await run_in_threadpool(to_read, hub, principal, bucket, name)
-    await rebuild(hub, principal.tenant_id, obj, manifest, shares)
+    obj, manifest, _, _ = await run_in_threadpool(to_read, hub, principal, bucket, name)
+    await rebuild(hub, principal.tenant_id, obj, manifest)
 
     def stat() -> ObjectView:
         with hub.db.session() as session:
@@ -143,12 +176,13 @@ class DrainView(BaseModel):
 
 @router.post("/store/drain/{device_id}", tags=["store"])
 async def drain_device(device_id: str, principal: PrincipalDep, hub: HubDep) -> DrainView:
-    """Move every share a device holds to other devices (one object at a time), before it
-    is retired. Set its quota to 0 too, or new puts will use it again."""
+    """Mark a device draining (the ``storage.drain`` label: it takes no new shares, and the
+    repair loop moves whatever it still holds), then move every share it holds to other
+    devices, one object at a time, before it is retired."""
 
-    def held() -> list[tuple[str, str]]:
+    def held() -> tuple[list[tuple[str, str]], Desired]:
         with hub.db.session() as session:
-            get_device(session, principal, device_id)
+            device = set_labels(session, principal, device_id, {DRAIN_LABEL: "true"})
             rows = session.execute(
                 select(ObjectRow.bucket, ObjectRow.name)
                 .join(ShareRow, ShareRow.object_id == ObjectRow.id)
@@ -159,16 +193,15 @@ async def drain_device(device_id: str, principal: PrincipalDep, hub: HubDep) -> 
                 )
                 .distinct()
             ).all()
-            return [(bucket, name) for bucket, name in rows]
+            return [(bucket, name) for bucket, name in rows], desired_message(device)
 
-    objects = await run_in_threadpool(held)
+    objects, desired = await run_in_threadpool(held)
+    hub.publish_desired(device_id, desired)
     moved, failed = 0, {}
     for bucket, name in objects:
         try:
-            obj, manifest, _, shares = await run_in_threadpool(
-                to_read, hub, principal, bucket, name
-            )
-            moved += await rebuild(hub, principal.tenant_id, obj, manifest, shares, device_id)
+            obj, manifest, _, _ = await run_in_threadpool(to_read, hub, principal, bucket, name)
+            moved += await rebuild(hub, principal.tenant_id, obj, manifest, {device_id})
         except RoostError as err:
             failed[f"{bucket}/{name}"] = str(err)
     return DrainView(device_id=device_id, moved=moved, objects=len(objects), failed=failed)

@@ -27,6 +27,9 @@ from roost.storage.placement import StorageNode
 
 # A share moves at no less than this (bytes/s) before its command times out.
 MIN_RATE = 1_000_000
+# The label a drain sets on a device: it takes no new shares, and the repair loop moves
+# what it holds. Removing the label (``roost devices label ID storage.drain-``) ends it.
+DRAIN_LABEL = "storage.drain"
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class Answer:
 
 
 def storage_nodes(hub: HubContext, tenant_id: str) -> list[StorageNode]:
-    """The tenant's devices that are online and report free space for shares."""
+    """The tenant's devices that are online, not draining, and report free space."""
     with hub.db.session() as session:
         devices = session.scalars(
             select(Device).where(
@@ -53,8 +56,8 @@ def storage_nodes(hub: HubContext, tenant_id: str) -> list[StorageNode]:
         nodes = []
         for device in devices:
             free = device.metrics.get("storage_free", 0)
-            if isinstance(free, int | float) and free > 0:
-                labels = device.labels
+            labels = device.labels
+            if isinstance(free, int | float) and free > 0 and DRAIN_LABEL not in labels:
                 site, zone = str(labels.get("site", "")), str(labels.get("zone", ""))
                 nodes.append(StorageNode(device.id, int(free), site, zone))
         return nodes
