@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from roost.db import Database
     from roost.fleet.ingest import Ingest
     from roost.fleet.models import CommandRow
+    from roost.functions.runtime import Functions
     from roost.pki import CertificateAuthority
     from roost.rules.delivery import Delivery
     from roost.settings import HubSettings
@@ -38,6 +39,8 @@ class HubContext(Protocol):
     catalog: Catalog
     # The outbox of rules' actions: its secrets, and ``notify()`` when rows are due.
     delivery: Delivery
+    # Functions: run one (``invoke``), retire a function's warm workers.
+    functions: Functions
     url: str
     host: str
 

@@ -480,3 +480,41 @@ class RoostClient:
     def remove_secret(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("DELETE", f"/v1/secrets/{name}")
         return result
+
+    # -- functions -------------------------------------------------------------------------
+
+    def deploy_function(
+        self, name: str, files: dict[str, str], entry: str = "main", **limits: Any
+    ) -> dict[str, Any]:
+        """Deploy a function (or a new version): ``files`` maps relative paths to source;
+        ``limits``: ``timeout_s``, ``memory_bytes``, ``concurrency``, ``network``."""
+        body = {"name": name, "files": files, "entry": entry, **limits}
+        result: dict[str, Any] = self._call("POST", "/v1/functions", json=body)
+        return result
+
+    def functions(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/v1/functions")
+        return result
+
+    def function(self, name: str) -> dict[str, Any]:
+        """One function with its versions, newest first."""
+        result: dict[str, Any] = self._call("GET", f"/v1/functions/{name}")
+        return result
+
+    def remove_function(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", f"/v1/functions/{name}")
+        return result
+
+    def invoke_function(self, name: str, data: Any = None) -> dict[str, Any]:
+        """Run a function once; the recorded invocation (``ok``, ``result`` or ``error``)."""
+        result: dict[str, Any] = self._call(
+            "POST", f"/v1/functions/{name}/invoke", json={"data": data}
+        )
+        return result
+
+    def function_logs(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The function's recent invocations, newest first."""
+        result: list[dict[str, Any]] = self._call(
+            "GET", f"/v1/functions/{name}/logs", params={"limit": limit}
+        )
+        return result

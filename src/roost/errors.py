@@ -39,6 +39,8 @@ prints ``str(error)`` as one line and exits non-zero, the API maps ``status`` to
     │                            path and position (``rules[0].actions[1].kind``)
     ├── DeliveryError            one try at delivering a rule's action failed (the outbox
     │                            retries it, or keeps it as a dead letter when ``permanent``)
+    ├── FunctionError            a function's invocation failed: its error, its time or
+    │                            memory limit (the invocation is recorded all the same)
     └── StorageError             objects stored across the devices
         ├── StorageBackendError  the erasure-coding library or its ISA-L backend is missing
         │                        (names the package to install)
@@ -192,6 +194,10 @@ class RuleError(RoostError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class FunctionError(RoostError):
+    status = 502
 
 
 class DeliveryError(RoostError):

@@ -176,6 +176,13 @@ class HubSettings(_Settings):
     store_repair_interval_s: float = 60.0
     store_repair_grace_s: float = 3600.0
     store_repair_bytes_per_s: float = 20_000_000.0
+    # Functions on the hub (``roost.functions``): the most a function may ask for, the
+    # warm workers kept in all, and whether a function may ask for the network at all.
+    function_max_timeout_s: float = 60.0
+    function_max_memory_bytes: int = 1024 * 1024 * 1024
+    function_max_concurrency: int = 16
+    functions_max_workers: int = 32
+    functions_allow_network: bool = False
     log_level: str = "info"
 
     _bounds: typing.ClassVar[Mapping[str, tuple[float, float]]] = {
@@ -205,6 +212,10 @@ class HubSettings(_Settings):
         "store_repair_interval_s": (0.1, 7 * 24 * 3600),
         "store_repair_grace_s": (0, 365 * 24 * 3600),
         "store_repair_bytes_per_s": (1000, 1e12),
+        "function_max_timeout_s": (0.1, 3600),
+        "function_max_memory_bytes": (64 * 1024 * 1024, 1 << 40),
+        "function_max_concurrency": (1, 1000),
+        "functions_max_workers": (1, 10_000),
     }
 
     @property

@@ -631,11 +631,13 @@ async def test_publish_while_the_broker_is_away_is_tried_again(
     assert outlets.published == [("home/alerts", b"1")]
 
 
-async def test_invoke_waits_for_functions(db: Database, delivery: Delivery) -> None:
+async def test_invoke_without_functions_is_a_dead_letter(
+    db: Database, delivery: Delivery
+) -> None:
     action_id = add_action(db, "invoke", {"function": "triage", "input": {}})
     delivery.notify()
     row = await settled(db, action_id, "dead")
-    assert row.last_error == "functions are not available yet"
+    assert row.last_error == "this hub runs no functions"
 
 
 # -- the outbox ---------------------------------------------------------------------------

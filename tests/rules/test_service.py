@@ -113,23 +113,23 @@ def test_a_file_with_one_bad_rule_changes_nothing(db: Database, owner: Principal
     assert rows["hot-room"].version == 1
 
 
-def test_invoke_is_refused_at_its_place_while_there_are_no_functions(
+def test_invoke_of_a_function_not_deployed_is_refused_at_its_place(
     db: Database, owner: Principal
 ) -> None:
     text = TWO.replace("{kind: emit, type: ops.hot}", "{kind: invoke, function: cool-down}")
     with pytest.raises(RuleError) as refused, db.session() as session:
         service.apply(session, owner, text, "house.yaml", T0)
     assert refused.value.problems == [
-        "house.yaml:7:16: rules[0].actions[0].kind: functions are not available yet; an "
-        "'invoke' action cannot run (a webhook or an emit action can stand in until they are)\n"
+        "house.yaml:7:34: rules[0].actions[0].function: no function 'cool-down'; deploy it "
+        "first (roost fn deploy)\n"
         "          - {kind: invoke, function: cool-down}\n"
-        "                   ^"
+        "                                     ^"
     ]
     single = "id: x\ntrigger: {type: t}\nactions:\n  - kind: invoke\n    function: f\n"
-    with pytest.raises(RuleError, match=r"^r.yaml:4:11: actions\[0\]\.kind: functions are not"):
-        service.check(single, "r.yaml")
-    with pytest.raises(RuleError, match="functions are not available yet"):
-        service.dry_run_file(single, [event("t")], "r.yaml", T0)
+    with pytest.raises(RuleError, match=r"^r.yaml:5:15: actions\[0\]\.function: no function"):
+        service.check(single, "r.yaml", lambda name: False)
+    assert service.check(single, "r.yaml", lambda name: name == "f")[0].id == "x"
+    assert service.dry_run_file(single, [event("t")], "r.yaml", T0) is not None
     assert stored(db) == {}
 
 
@@ -141,14 +141,14 @@ def test_invoke_is_named_among_the_files_other_problems_in_order() -> None:
         "  - id: c\n    trigger: {type: t}\n    actions: [{kind: invoke, function: f}]\n"
     )
     with pytest.raises(RuleError) as refused:
-        service.check(text, "r.yaml")
+        service.check(text, "r.yaml", lambda name: False)
     heads = [problem.split("\n")[0] for problem in refused.value.problems]
     assert [head.split(": ")[0:2] for head in heads] == [
-        ["r.yaml:4:22", "rules[0].actions[0].kind"],
+        ["r.yaml:4:40", "rules[0].actions[0].function"],
         ["r.yaml:7:22", "rules[1].actions[0].kind"],
-        ["r.yaml:10:22", "rules[2].actions[0].kind"],
+        ["r.yaml:10:40", "rules[2].actions[0].function"],
     ]
-    assert "functions are not available yet" in heads[2]
+    assert "no function 'f'" in heads[2]
     with pytest.raises(RuleError) as broken:
         service.check("id: [\n", "r.yaml")
     assert len(broken.value.problems) == 1, "a YAML error is named once"

@@ -95,11 +95,11 @@ def test_secrets_sign_webhooks_and_dead_letters_are_replayed_and_dropped(
         assert request.body == b'{"n":1}'
         assert verify_webhook(b"s3cret", request.headers, request.body)
 
-    # A kind that cannot work yet dies at once; --all replays, drop forgets.
+    # A function that is not there dies at once; --all replays, drop forgets.
     dead = put_action(hub, "invoke", {"function": "f", "input": {}})
     with hub.client() as api:
         wait_for(lambda: len(api.deadletters()) == 1, timeout=30, what="the invoke to die")
-        assert api.deadletters()[0]["last_error"] == "functions are not available yet"
+        assert api.deadletters()[0]["last_error"] == "no function 'f'"
         assert "1 dead letter(s) back" in run_cli(config, "deadletters", "replay", "--all")
         wait_for(lambda: len(api.deadletters()) == 1, timeout=30, what="it to die again")
         assert run_cli(config, "deadletters", "drop", str(dead)) == f"dead letter {dead} dropped\n"

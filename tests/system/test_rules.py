@@ -130,14 +130,14 @@ def test_rules_through_the_cli(start_proc: StartProc, tmp_path: Path, mosquitto_
     ]
     assert f"{where}:7:15: rules[0].actions[1].kind: 'sms' is not one of webhook" in lines[3]
     assert lines[6].startswith(f"{where}:11:20: rules[1].window.over: '30 days' is not")
-    assert lines[9].startswith(f"{where}:12:22: rules[1].actions[0].kind: functions are not")
+    assert lines[9].startswith(f"{where}:12:40: rules[1].actions[0].function: no function")
     assert cli(config, "rules", "ls").stdout == "", "a refused file stores nothing"
 
     invoke = tmp_path / "invoke.yaml"
     invoke.write_text("id: x\ntrigger: {type: t}\nactions: [{kind: invoke, function: f}]\n")
     no_functions = cli(config, "rules", "apply", str(invoke))
     assert no_functions.returncode != 0
-    assert f"{invoke}:3:18: actions[0].kind: functions are not available yet" in (
+    assert f"{invoke}:3:36: actions[0].function: no function 'f'; deploy it first" in (
         no_functions.stderr
     )
 

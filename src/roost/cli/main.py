@@ -17,6 +17,7 @@ from roost.cli.apps import apps_app
 from roost.cli.common import ConfigOpt, JsonOpt, connect, console, parse_duration, print_json
 from roost.cli.deadletters import deadletters_app
 from roost.cli.events import events_app, schedules_app
+from roost.cli.functions import fn_app
 from roost.cli.rollouts import deploy, rollout_app, undeploy
 from roost.cli.rules import rules_app
 from roost.cli.secrets import secrets_app
@@ -45,6 +46,7 @@ app.add_typer(rollout_app, name="rollout")
 app.add_typer(deadletters_app, name="deadletters")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(rules_app, name="rules")
+app.add_typer(fn_app, name="fn")
 app.add_typer(store_app, name="store")
 app.command("deploy")(deploy)
 app.command("undeploy")(undeploy)

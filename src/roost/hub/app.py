@@ -18,6 +18,7 @@ from roost.catalog.routes import router as catalog_router
 from roost.errors import RoostError
 from roost.events.routes import router as events_router
 from roost.fleet.routes import router as fleet_router
+from roost.functions.routes import router as functions_router
 from roost.hub.core import Hub
 from roost.rollouts.routes import router as rollouts_router
 from roost.rules.deadletters import router as deadletters_router
@@ -59,6 +60,7 @@ def create_app(settings: HubSettings) -> FastAPI:
         deadletters_router,
         secrets_router,
         storage_router,
+        functions_router,
     ):
         app.include_router(router)
 

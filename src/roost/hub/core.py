@@ -29,6 +29,7 @@ from roost.events.store import expire_events, hub_event, insert_events, when_sto
 from roost.fleet import service as fleet
 from roost.fleet.ingest import Batch, FlushResult, Ingest
 from roost.fleet.models import CommandRow, Device
+from roost.functions.runtime import Functions
 from roost.hub import identity as hub_identity
 from roost.hub.broker import ManagedBroker
 from roost.hub.database import migrate
@@ -105,6 +106,9 @@ class Hub:
             self.publish_message,
         )
         self.rules = RuleRunner(self.db)
+        # Functions run in warm workers that never see the data dir.
+        self.functions = Functions(self.db, settings, hidden=[self.data_dir])
+        self.delivery.invoke_function = self.functions.invoke
         self._rules_wanted = asyncio.Event()
         self._unlisten: Callable[[], None] | None = None
 
@@ -120,6 +124,7 @@ class Hub:
         )
         self.link = HubLink(mqtt_host, mqtt_port, tls, self._on_message)
         await self.link.start()
+        await self.functions.start()
         await self.delivery.start()
         self._link_up_since = time.monotonic()
         # The rules runner wakes as soon as any transaction of this hub stores events.
@@ -194,6 +199,7 @@ class Hub:
         if self._unlisten is not None:
             self._unlisten()
         await self.delivery.stop()
+        await self.functions.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

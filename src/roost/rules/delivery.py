@@ -45,7 +45,7 @@ from roost.db import Database, UTCDateTime, utcnow
 from roost.errors import DeliveryError
 from roost.rules.models import ActionRow
 from roost.rules.secrets import SecretStore
-from roost.rules.senders import Publish, SendCommand, Senders
+from roost.rules.senders import InvokeFunction, Publish, SendCommand, Senders
 from roost.settings import HubSettings
 
 log = logging.getLogger("roost.rules.delivery")
@@ -216,6 +216,7 @@ class Delivery:
         send_command: SendCommand,
         publish: Publish,
         rand: Callable[[], float] = random.random,
+        invoke_function: InvokeFunction | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -224,6 +225,7 @@ class Delivery:
         self._send_command = send_command
         self._publish = publish
         self._rand = rand
+        self.invoke_function = invoke_function
         self._limit = settings.delivery_concurrency
         # A full loop claims again once this many slots are free, not at every one.
         self._refill = max(1, self._limit // 4)
@@ -254,7 +256,13 @@ class Delivery:
         self._loop = asyncio.get_running_loop()
         self._http = httpx.AsyncClient(follow_redirects=False)
         self._senders = Senders(
-            self.db, self.settings, self.secrets, self._http, self._send_command, self._publish
+            self.db,
+            self.settings,
+            self.secrets,
+            self._http,
+            self._send_command,
+            self._publish,
+            self.invoke_function,
         )
         self._tasks = [
             asyncio.create_task(self._claim_loop()),

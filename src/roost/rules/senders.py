@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from roost import __version__
 from roost.db import Database, utcnow
-from roost.errors import BrokerError, DeliveryError, ValidationError
+from roost.errors import BrokerError, DeliveryError, NotFoundError, ValidationError
 from roost.events.cloudevents import MAX_SUBJECT, MAX_TYPE, TYPE_RE
 from roost.events.store import insert_events
 from roost.fleet.models import CommandRow, Device
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from roost.rules.delivery import Claimed
 
 SendCommand = Callable[[CommandRow, float], Awaitable[Reply | None]]
+# (tenant, function, data, trigger) -> the recorded invocation (``roost.functions``).
+InvokeFunction = Callable[[str, str, Any, str], Awaitable[Any]]
 Publish = Callable[[str, bytes], None]
 
 # Answers that say "try again later"; other 4xx say the request itself is wrong.
@@ -72,6 +74,7 @@ class Senders:
         http: httpx.AsyncClient,
         send_command: SendCommand,
         publish: Publish,
+        invoke_function: InvokeFunction | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -79,6 +82,7 @@ class Senders:
         self.http = http
         self.send_command = send_command
         self.publish = publish
+        self.invoke_function = invoke_function
         self._kinds: Mapping[str, Callable[[Claimed], Awaitable[str | None]]] = {
             "webhook": self.webhook,
             "email": self.email,
@@ -318,7 +322,20 @@ class Senders:
     # -- invoke ----------------------------------------------------------------------------
 
     async def invoke(self, action: Claimed) -> str | None:
-        raise _permanent("functions are not available yet")
+        """Run the function with the input; a failed run is tried again, a missing
+        function is a dead letter at once."""
+        if self.invoke_function is None:
+            raise _permanent("this hub runs no functions")
+        name = str(_field(action, "function"))
+        try:
+            invocation = await self.invoke_function(
+                action.tenant_id, name, _field(action, "input"), "rule"
+            )
+        except NotFoundError as err:
+            raise _permanent(str(err)) from None
+        if not invocation.ok:
+            raise DeliveryError(f"function {name} failed: {invocation.error}")
+        return None
 
 
 def _user_headers(value: Any) -> dict[str, str]:

@@ -15,7 +15,7 @@ to what happens from then on, not to the events the store already held.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from roost.access import Principal
 from roost.errors import ConflictError, NotFoundError, RuleError, ValidationError
 from roost.events.models import EventRow
+from roost.functions import service as functions
 from roost.rules.dryrun import Report, dry_run
 from roost.rules.models import ActionRow, RuleCursor, RuleRow
 from roost.rules.source import PathKey, Source
@@ -37,10 +38,6 @@ MAX_TENANT_RULES = 10_000
 # A rules file sent to the hub is at most this large.
 MAX_FILE_BYTES = 2 * 1024 * 1024
 ACTION_STATUSES = ("pending", "delivered", "dead")
-NO_FUNCTIONS = (
-    "functions are not available yet; an 'invoke' action cannot run "
-    "(a webhook or an emit action can stand in until they are)"
-)
 
 
 @dataclass(frozen=True)
@@ -52,16 +49,21 @@ class Applied:
     change: Literal["created", "updated", "unchanged"]
 
 
-def check(text: str, filename: str = "<rules>") -> list[Rule]:
+def check(
+    text: str, filename: str = "<rules>", function_exists: Callable[[str], bool] | None = None
+) -> list[Rule]:
     """The rules of a file as the hub would take them; ``RuleError`` names each problem.
 
-    Beyond ``parse_rules``: ``invoke`` actions are refused while Roost has no functions,
-    named along with the file's other problems, in the order of the file.
+    Beyond ``parse_rules``, with ``function_exists`` (``apply`` has it): an ``invoke``
+    action of a function the tenant has not deployed is refused, named along with the
+    file's other problems, in the order of the file.
     """
     source = Source(text, filename)
     before = len(source.problems)  # the YAML's own, which parse_rules reports
-    for path in _invoke_kinds(source.data):
-        source.problem(path, NO_FUNCTIONS)
+    exists = function_exists or (lambda _name: True)
+    for path, name in _invoked(source.data):
+        if not exists(name):
+            source.problem(path, f"no function {name!r}; deploy it first (roost fn deploy)")
     refused = source.problems[before:]
     try:
         rules = parse_rules(text, filename)
@@ -75,17 +77,20 @@ def check(text: str, filename: str = "<rules>") -> list[Rule]:
     return rules
 
 
-def _invoke_kinds(data: Any) -> list[PathKey]:
-    """Where the file asks for an ``invoke`` action."""
+def _invoked(data: Any) -> list[tuple[PathKey, str]]:
+    """Where the file names a function of an ``invoke`` action, and which."""
     listed = isinstance(data, dict) and isinstance(data.get("rules"), list)
     items = data["rules"] if listed else [data]
-    found: list[PathKey] = []
+    found: list[tuple[PathKey, str]] = []
     for index, rule in enumerate(items):
         actions = rule.get("actions") if isinstance(rule, dict) else None
         for place, action in enumerate(actions if isinstance(actions, list) else []):
-            if isinstance(action, dict) and action.get("kind") == "invoke":
+            if not isinstance(action, dict) or action.get("kind") != "invoke":
+                continue
+            name = action.get("function")
+            if isinstance(name, str):
                 base: PathKey = ("rules", index) if listed else ()
-                found.append((*base, "actions", place, "kind"))
+                found.append(((*base, "actions", place, "function"), name))
     return found
 
 
@@ -101,9 +106,9 @@ def apply(
     """Store every rule of the file (all or none), replacing rules of the same ids."""
     if len(text.encode()) > MAX_FILE_BYTES:
         raise ValidationError(f"a rules file may be at most {MAX_FILE_BYTES} bytes")
-    rules = check(text, filename)
-    sources = rule_sources(text)
     tenant = principal.tenant_id
+    rules = check(text, filename, lambda name: functions.exists(session, tenant, name))
+    sources = rule_sources(text)
     existing = {
         row.rule_id: row
         for row in session.scalars(

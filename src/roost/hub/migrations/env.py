@@ -8,6 +8,7 @@ import roost.access.models
 import roost.catalog.models
 import roost.events.models
 import roost.fleet.models
+import roost.functions.models
 import roost.rollouts.models
 import roost.rules.models
 import roost.rules.secrets

@@ -1,0 +1,74 @@
+"""The hub's functions at run time: look a function up, run it in the pool, record it.
+
+``Functions.invoke`` is what every trigger calls (``roost fn invoke``, ``POST
+/v1/fn/{name}``, a rule's ``invoke`` action); it answers the recorded invocation
+whether the function succeeded or not, and ``NotFoundError`` for a function that is not
+there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from roost.db import Database, utcnow
+from roost.functions import service
+from roost.functions.models import Invocation
+from roost.functions.pool import Pool
+from roost.functions.sandbox import working_bwrap
+from roost.settings import HubSettings
+
+log = logging.getLogger("roost.functions")
+
+
+class Functions:
+    def __init__(self, db: Database, settings: HubSettings, hidden: Sequence[Path]) -> None:
+        self.db = db
+        self.settings = settings
+        self.hidden = tuple(hidden)
+        self.pool = Pool(
+            hidden=self.hidden,
+            max_workers=settings.functions_max_workers,
+            allow_network=settings.functions_allow_network,
+        )
+
+    async def start(self) -> None:
+        self.pool.bwrap = await asyncio.to_thread(working_bwrap)
+        if self.pool.bwrap is None:
+            log.warning(
+                "bubblewrap is missing or does not work here: functions run unsandboxed, "
+                "with their time and memory limits only"
+            )
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def invoke(self, tenant_id: str, name: str, data: Any, trigger: str) -> Invocation:
+        """Run the function's current version once and record it."""
+
+        def load() -> Any:
+            with self.db.session() as session:
+                return service.code(session, tenant_id, name)
+
+        row, code = await asyncio.to_thread(load)
+        started_at = utcnow()
+        event = data if trigger == "rule" else {"type": f"roost.function.{trigger}", "data": data}
+        ctx = {"function": name, "version": row.version, "tenant": tenant_id, "trigger": trigger}
+        outcome = await self.pool.invoke(code, event, ctx)
+        if not outcome.ok:
+            log.info("function %s/%s v%d failed: %s", tenant_id, name, row.version, outcome.error)
+
+        def keep() -> Invocation:
+            with self.db.session() as session:
+                invocation = service.record(session, row, trigger, outcome, started_at)
+                session.flush()
+                session.expunge(invocation)
+                return invocation
+
+        return await asyncio.to_thread(keep)
+
+    async def retire(self, function_id: str) -> None:
+        await self.pool.retire(function_id)
