@@ -34,6 +34,7 @@ async def pool() -> AsyncIterator[Pool]:
     pool = Pool(max_workers=8)
     yield pool
     await pool.close()
+    assert not pool.tmp.exists()
 
 
 async def test_a_warm_worker_is_reused_and_output_is_captured(pool: Pool) -> None:
@@ -50,6 +51,8 @@ async def test_a_warm_worker_is_reused_and_output_is_captured(pool: Pool) -> Non
     assert third.cold
     assert third.result["calls"] == 1
     assert pool.workers() == 1
+    await pool.retire("t/f")
+    assert list(pool.tmp.iterdir()) == [], "a worker stopped removes its files"
 
 
 async def test_a_runaway_function_is_killed_and_the_pool_goes_on(pool: Pool) -> None:
@@ -80,6 +83,7 @@ async def test_a_crashed_worker_is_reported_and_replaced(pool: Pool) -> None:
     outcome = await pool.invoke(code(crashing), True, {})
     assert not outcome.ok
     assert "worker died (exit code 3)" in outcome.error
+    assert list(pool.tmp.iterdir()) != [], "what the dead worker left, until close"
     again = await pool.invoke(code(crashing), False, {})
     assert again.ok
     assert again.cold

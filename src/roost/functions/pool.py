@@ -22,8 +22,10 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ WORKER = Path(worker_module.__file__).resolve()
 _HEADER = worker_module._HEADER
 _MAX_REPLY = 64 * 1024 * 1024
 _START_TIMEOUT_S = 10.0  # an interpreter's start and the function's import
+_STOP_S = 1.0  # how long an idle worker told to stop may take before it is killed
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,15 @@ class _Worker:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
 
+    async def stop(self) -> None:
+        """End the worker by closing its pipe (it removes its files), killed if it lingers."""
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), _STOP_S)
+        except TimeoutError:
+            await self.died()
+
     async def died(self) -> str:
         """Why the worker is gone: its exit status, once reaped."""
         self.kill()
@@ -124,7 +136,11 @@ class Pool:
         self._idle: dict[str, list[_Worker]] = {}
         self._busy: set[_Worker] = set()
         self._turns: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
         self.stats = {"cold_starts": 0, "warm": 0, "killed": 0, "died": 0}
+        # Unsandboxed workers write the function's files here (removed at close);
+        # sandboxed ones in their private /tmp.
+        self.tmp = Path(tempfile.mkdtemp(prefix="roost-functions-"))
 
     @property
     def sandboxed(self) -> bool:
@@ -186,13 +202,14 @@ class Pool:
             worker = idle.pop()
             if worker.version == code.version and worker.process.returncode is None:
                 return worker
-            worker.kill()  # an older version, or dead
-            self._reap(worker)
+            self._reap(worker)  # an older version, or dead
         return None
 
     def _reap(self, worker: _Worker) -> None:
-        task = asyncio.get_running_loop().create_task(worker.process.wait())
-        task.add_done_callback(lambda _t: None)
+        """Stop a worker in the background."""
+        task = asyncio.get_running_loop().create_task(worker.stop())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     async def _start(self, code: Code) -> _Worker | Outcome:
         began = time.perf_counter()
@@ -204,7 +221,11 @@ class Pool:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,
-            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
+            env={
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "LANG": "C.UTF-8",
+                "TMPDIR": "/tmp" if self.sandboxed else str(self.tmp),  # noqa: S108
+            },
             cwd="/",
         )
         worker = _Worker(process, code.function, code.version)
@@ -249,19 +270,19 @@ class Pool:
                 return
             oldest = min(idle, key=lambda w: w.started)
             self._idle[oldest.function].remove(oldest)
-            oldest.kill()
             self._reap(oldest)
 
     async def retire(self, function: str) -> None:
         """Stop the idle workers of a function (removed, or a new version deployed)."""
-        for worker in self._idle.pop(function, []):
-            await worker.died()
+        await asyncio.gather(*(worker.stop() for worker in self._idle.pop(function, [])))
 
     async def close(self) -> None:
         for function in list(self._idle):
             await self.retire(function)
         for worker in list(self._busy):
             worker.kill()
+        await asyncio.gather(*self._stopping, return_exceptions=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _ms(began: float) -> float:

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import struct
 import sys
 import tempfile
@@ -47,8 +48,7 @@ def write_message(stream: BinaryIO, message: Any) -> None:
     stream.flush()
 
 
-def _load(message: dict[str, Any]) -> Any:
-    home = tempfile.mkdtemp(prefix="roost-fn-")
+def _load(message: dict[str, Any], home: str) -> Any:
     for relative, text in message["files"].items():
         path = os.path.join(home, relative)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -71,6 +71,14 @@ def _error() -> str:
 
 
 def main() -> None:
+    home = tempfile.mkdtemp(prefix="roost-fn-")
+    try:
+        serve(home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def serve(home: str) -> None:
     memory = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     # The protocol keeps the real stdout; anything written to fd 1 goes to stderr.
     channel_out = os.fdopen(os.dup(1), "wb")
@@ -82,7 +90,7 @@ def main() -> None:
     if first is None:
         return
     try:
-        module = _load(first)
+        module = _load(first, home)
         handle = module.handle
     except BaseException:
         write_message(channel_out, {"ok": False, "error": _error()})
