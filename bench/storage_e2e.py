@@ -53,6 +53,24 @@ def random_file(path: Path, size: int) -> None:
             out.write(os.urandom(min(1 << 24, size - start)))
 
 
+class Marks:
+    """When a transfer's first and last bytes went by (progress callbacks)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.done, self.started = size, 0, time.monotonic()
+        self.at: dict[str, float] = {}
+
+    def progress(self, count: int) -> None:
+        if not self.done:
+            self.at["first"] = time.monotonic()
+        self.done += count
+        if self.done >= self.size:
+            self.at["last"] = time.monotonic()
+
+    def since_start(self, mark: str) -> float:
+        return round(self.at.get(mark, float("nan")) - self.started, 2)
+
+
 def start_agents(
     hub: LocalHub, root: Path, args: argparse.Namespace, first: int, count: int
 ) -> list[Popen[bytes]]:
@@ -111,19 +129,30 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             meters = {"hub": Meter(hub.pid)}
             meters |= {f"agent{i}": Meter(p.pid) for i, p in enumerate(agents)}
 
+            marks = Marks(size)
             result["put"] = timed(
-                size, meters, lambda: api.put_object("bench", "o", source, code=code)
+                size,
+                meters,
+                lambda: api.put_object("bench", "o", source, marks.progress, code=code),
             )
+            # The client has sent (and the hub encoded and spooled) the whole object;
+            # the rest is the devices fetching their shares.
+            result["put"]["sent_s"] = marks.since_start("last")
             info = api.stat_object("bench", "o")
             result["code"] = f"{info['k']}-of-{info['n']}"
             share_size = info["shares"][0]["size"]
             result["share_mib"] = round(share_size / 2**20, 1)
 
+            marks = Marks(size)
+
             def get() -> None:
                 with back.open("wb") as out:
-                    api.get_object("bench", "o", out)
+                    api.get_object("bench", "o", out, marks.progress)
 
             result["get"] = timed(size, meters, get)
+            # Before the first byte: k shares uploaded by devices to the hub (and checked);
+            # after it: decoded and streamed.
+            result["get"]["first_byte_s"] = marks.since_start("first")
             if not filecmp.cmp(source, back, shallow=False):
                 raise RuntimeError("the object came back different")
             back.unlink()
