@@ -68,6 +68,15 @@ def test_functions_through_the_cli_the_http_trigger_and_a_rule(
     assert answer.status_code == 200
     assert answer.json() == {"hello": {"via": "http"}, "function": "greet"}
     assert httpx.post(f"{hub.url}/v1/fn/greet", verify=ca).status_code == 401
+    with hub.client() as api:
+        acme_token = api.create_tenant("acme")["admin_token"]
+        with api.with_token(acme_token) as acme:
+            assert acme.functions() == [], "another tenant sees none of them"
+    elsewhere = httpx.post(
+        f"{hub.url}/v1/fn/greet", headers={"authorization": f"Bearer {acme_token}"}, verify=ca
+    )
+    assert elsewhere.status_code == 404
+    assert elsewhere.json() == {"error": "no function 'greet'"}
 
     cli_ok(config, "rules", "apply", str(rule))
     with hub.client() as api:
