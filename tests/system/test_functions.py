@@ -16,6 +16,8 @@ from system.procs import StartProc, wait_for
 GREET = """\
 def handle(event, ctx):
     print("greeting", event["data"])
+    if ctx["trigger"] == "rule":
+        return {"hello": event["data"], "key": ctx["key"]}
     return {"hello": event["data"], "function": ctx["function"]}
 """
 
@@ -89,6 +91,9 @@ def test_functions_through_the_cli_the_http_trigger_and_a_rule(
         by_rule = next(i for i in api.function_logs("greet") if i["trigger"] == "rule")
     assert by_rule["ok"]
     assert by_rule["result"]["hello"] == {"state": "open"}
+    with hub.client() as api:
+        (action,) = api.actions(rule="greet-on-door")
+    assert by_rule["result"]["key"] == action["key"], "the action's idempotency key"
 
     logs = cli_ok(config, "fn", "logs", "greet").splitlines()
     assert sum(" ok" in line for line in logs if " ms " in line) == 3

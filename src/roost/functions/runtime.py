@@ -46,8 +46,11 @@ class Functions:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def invoke(self, tenant_id: str, name: str, data: Any, trigger: str) -> Invocation:
-        """Run the function's current version once and record it."""
+    async def invoke(
+        self, tenant_id: str, name: str, data: Any, trigger: str, key: str = ""
+    ) -> Invocation:
+        """Run the function's current version once and record it. ``key``: a rule's
+        idempotency key, the same when an action is tried again (``ctx["key"]``)."""
 
         def load() -> Any:
             with self.db.session() as session:
@@ -57,6 +60,8 @@ class Functions:
         started_at = utcnow()
         event = data if trigger == "rule" else {"type": f"roost.function.{trigger}", "data": data}
         ctx = {"function": name, "version": row.version, "tenant": tenant_id, "trigger": trigger}
+        if key:
+            ctx["key"] = key
         outcome = await self.pool.invoke(code, event, ctx)
         if not outcome.ok:
             log.info("function %s/%s v%d failed: %s", tenant_id, name, row.version, outcome.error)

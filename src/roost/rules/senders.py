@@ -44,8 +44,9 @@ if TYPE_CHECKING:
     from roost.rules.delivery import Claimed
 
 SendCommand = Callable[[CommandRow, float], Awaitable[Reply | None]]
-# (tenant, function, data, trigger) -> the recorded invocation (``roost.functions``).
-InvokeFunction = Callable[[str, str, Any, str], Awaitable[Any]]
+# (tenant, function, data, trigger, idempotency key) -> the recorded invocation
+# (``roost.functions``).
+InvokeFunction = Callable[[str, str, Any, str, str], Awaitable[Any]]
 Publish = Callable[[str, bytes], None]
 
 # Answers that say "try again later"; other 4xx say the request itself is wrong.
@@ -322,14 +323,15 @@ class Senders:
     # -- invoke ----------------------------------------------------------------------------
 
     async def invoke(self, action: Claimed) -> str | None:
-        """Run the function with the input; a failed run is tried again, a missing
-        function is a dead letter at once."""
+        """Run the function with the input (``ctx["key"]`` the idempotency key: a retried
+        action has the same); a failed run is tried again, a missing function is a dead
+        letter at once."""
         if self.invoke_function is None:
             raise _permanent("this hub runs no functions")
         name = str(_field(action, "function"))
         try:
             invocation = await self.invoke_function(
-                action.tenant_id, name, _field(action, "input"), "rule"
+                action.tenant_id, name, _field(action, "input"), "rule", action.key
             )
         except NotFoundError as err:
             raise _permanent(str(err)) from None
