@@ -30,7 +30,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from roost.api import HubContext
-from roost.db import utcnow
+from roost.db import Database, utcnow
 from roost.errors import RoostError
 from roost.fleet.models import Device
 from roost.storage.manifest import Manifest
@@ -55,11 +55,11 @@ class Due:
     why: str
 
 
-def due_for_repair(hub: HubContext, now: dt.datetime | None = None) -> list[Due]:
+def due_for_repair(db: Database, grace_s: float, now: dt.datetime | None = None) -> list[Due]:
     """Every complete object that needs repair (see the module's doc), oldest first."""
     now = now or utcnow()
-    grace = dt.timedelta(seconds=hub.settings.store_repair_grace_s)
-    with hub.db.session() as session:
+    grace = dt.timedelta(seconds=grace_s)
+    with db.session() as session:
         rows = session.execute(
             select(
                 ObjectRow.id,
@@ -122,7 +122,8 @@ async def repair_pass(hub: HubContext) -> int:
     how many shares were moved. An object that cannot be repaired now (fewer than k of
     its shares reachable, no device to take a share) is logged and tried next pass."""
     moved = 0
-    for due in await run_in_threadpool(due_for_repair, hub):
+    grace = hub.settings.store_repair_grace_s
+    for due in await run_in_threadpool(due_for_repair, hub.db, grace):
         loaded = await run_in_threadpool(_load, hub, due.object_id)
         if loaded is None:
             continue
