@@ -105,7 +105,10 @@ def test_functions_through_the_cli_the_http_trigger_and_a_rule(
     peek = cli(config, "fn", "invoke", "greet")
     assert peek.returncode == 1
     assert "FileNotFoundError" in peek.stderr
-    assert "v2" in cli_ok(config, "fn", "show", "greet")
+    greet.write_text("import os\ndef handle(event, ctx):\n    return os.listdir('/run')\n")
+    cli_ok(config, "fn", "deploy", str(greet), "--name", "greet")
+    assert cli_ok(config, "fn", "invoke", "greet") == "[]\n", "no system sockets either"
+    assert "  v2  " in cli_ok(config, "fn", "show", "greet")
     assert cli_ok(config, "fn", "rm", "greet") == "function greet removed\n"
     assert "no function 'greet'" in cli(config, "fn", "invoke", "greet").stderr
 

@@ -23,12 +23,16 @@ from roost.settings import HubSettings
 
 log = logging.getLogger("roost.functions")
 
+# Hidden from sandboxed functions beside the hub's data dir: the system's Unix sockets
+# (a local PostgreSQL, D-Bus, a container runtime), reachable without the network.
+SYSTEM_HIDDEN = (Path("/run"),)
+
 
 class Functions:
     def __init__(self, db: Database, settings: HubSettings, hidden: Sequence[Path]) -> None:
         self.db = db
         self.settings = settings
-        self.hidden = tuple(hidden)
+        self.hidden = (*hidden, *(path for path in SYSTEM_HIDDEN if path.is_dir()))
         self.pool = Pool(
             hidden=self.hidden,
             max_workers=settings.functions_max_workers,
