@@ -14,7 +14,7 @@ from roost.access.service import ensure_default_tenant
 from roost.db import Base, Database
 from roost.fleet.models import Device
 from roost.storage.models import ObjectRow, ShareRow
-from roost.storage.upkeep import due_for_repair
+from roost.storage.upkeep import Backoff, due_for_repair
 
 NOW = dt.datetime(2030, 6, 1, 12, 0, tzinfo=dt.UTC)
 GRACE_S = 600
@@ -100,3 +100,14 @@ def test_the_loop_picks_bad_shares_and_devices_gone_but_not_a_short_reboot(db: D
     # Past the grace, the rebooting device is gone too.
     later = {d.object_id for d in due_for_repair(db, GRACE_S, NOW + dt.timedelta(hours=1))}
     assert "rebooting" in later
+
+
+def test_an_object_that_cannot_be_repaired_waits_longer_each_time() -> None:
+    backoff = Backoff(base_s=60, cap_s=600)
+    assert backoff.ready("a", now=0)
+    assert [backoff.failed("a", now=0) for _ in range(4)] == [120, 240, 480, 600]
+    assert not backoff.ready("a", now=599)
+    assert backoff.ready("a", now=600)
+    assert backoff.ready("b", now=0), "other objects do not wait"
+    backoff.keep_only({"b"})  # "a" no longer needs repair: forgotten
+    assert backoff.ready("a", now=0)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass
 
 from fastapi.concurrency import run_in_threadpool
@@ -117,13 +118,41 @@ def _load(hub: HubContext, object_id: str) -> tuple[ObjectRow, Manifest, list[Sh
     return obj, Manifest.from_json(obj.manifest), shares
 
 
-async def repair_pass(hub: HubContext) -> int:
+class Backoff:
+    """Objects that could not be repaired wait before the next try: the loop's interval
+    doubled at each failure, at most ``cap_s`` (each try collects k shares)."""
+
+    def __init__(self, base_s: float, cap_s: float = 3600.0) -> None:
+        self.base_s, self.cap_s = base_s, cap_s
+        self._next: dict[str, tuple[int, float]] = {}  # object id: (failures, next try)
+
+    def ready(self, object_id: str, now: float) -> bool:
+        return self._next.get(object_id, (0, 0.0))[1] <= now
+
+    def failed(self, object_id: str, now: float) -> float:
+        """Record a failure; answers the seconds until the next try."""
+        failures = self._next.get(object_id, (0, 0.0))[0] + 1
+        wait: float = min(self.cap_s, self.base_s * 2.0**failures)
+        self._next[object_id] = (failures, now + wait)
+        return wait
+
+    def keep_only(self, object_ids: set[str]) -> None:
+        """Forget objects that no longer need repair (repaired, deleted)."""
+        self._next = {k: v for k, v in self._next.items() if k in object_ids}
+
+
+async def repair_pass(hub: HubContext, backoff: Backoff | None = None) -> int:
     """Repair every object that needs it, one at a time at the configured rate; answers
     how many shares were moved. An object that cannot be repaired now (fewer than k of
-    its shares reachable, no device to take a share) is logged and tried next pass."""
+    its shares reachable, no device to take a share) is logged and, with ``backoff``,
+    tried again later, else at the next pass."""
     moved = 0
     grace = hub.settings.store_repair_grace_s
-    for due in await run_in_threadpool(due_for_repair, hub.db, grace):
+    found = await run_in_threadpool(due_for_repair, hub.db, grace)
+    if backoff is not None:
+        backoff.keep_only({due.object_id for due in found})
+        found = [due for due in found if backoff.ready(due.object_id, time.monotonic())]
+    for due in found:
         loaded = await run_in_threadpool(_load, hub, due.object_id)
         if loaded is None:
             continue
@@ -132,7 +161,8 @@ async def repair_pass(hub: HubContext) -> int:
         try:
             count = await rebuild(hub, due.tenant_id, obj, manifest, due.leaving)
         except RoostError as err:
-            log.warning("cannot repair %s (%s) now: %s", what, due.why, err)
+            wait = backoff.failed(due.object_id, time.monotonic()) if backoff else 0.0
+            log.warning("cannot repair %s (%s) now (next try in %gs): %s", what, due.why, wait, err)
             continue
         log.info("repaired %s (%s): %d share(s) rebuilt and placed", what, due.why, count)
         moved += count
@@ -143,9 +173,10 @@ async def repair_pass(hub: HubContext) -> int:
 
 async def repair_loop(hub: HubContext) -> None:
     """``repair_pass`` every ``store_repair_interval_s``, for the hub's life."""
+    backoff = Backoff(hub.settings.store_repair_interval_s)
     while True:
         await asyncio.sleep(hub.settings.store_repair_interval_s)
         try:
-            await repair_pass(hub)
+            await repair_pass(hub, backoff)
         except Exception:
             log.exception("the store's repair pass failed")
