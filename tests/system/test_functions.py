@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import sys
 from pathlib import Path
 
 import httpx
@@ -105,12 +106,23 @@ def test_functions_through_the_cli_the_http_trigger_and_a_rule(
     peek = cli(config, "fn", "invoke", "greet")
     assert peek.returncode == 1
     assert "FileNotFoundError" in peek.stderr
-    greet.write_text("import os\ndef handle(event, ctx):\n    return os.listdir('/run')\n")
+    greet.write_text(
+        "import os\ndef handle(event, ctx):\n"
+        "    return [os.listdir('/run'), os.listdir(os.path.expanduser('~'))]\n"
+    )
     cli_ok(config, "fn", "deploy", str(greet), "--name", "greet")
-    assert cli_ok(config, "fn", "invoke", "greet") == "[]\n", "no system sockets either"
+    run, home = json.loads(cli_ok(config, "fn", "invoke", "greet"))
+    assert run == [], "no system sockets"
+    assert set(home) <= _python_in_home(), "of the home, only Python's installation"
     assert "  v2  " in cli_ok(config, "fn", "show", "greet")
     assert cli_ok(config, "fn", "rm", "greet") == "function greet removed\n"
     assert "no function 'greet'" in cli(config, "fn", "invoke", "greet").stderr
+
+
+def _python_in_home() -> set[str]:
+    home = Path.home().resolve()
+    places = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix)]
+    return {p.relative_to(home).parts[0] for p in places if p.is_relative_to(home)}
 
 
 def _token(config: Path) -> str:

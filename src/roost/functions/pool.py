@@ -260,7 +260,17 @@ class Pool:
             network=code.network and self.allow_network,
             hidden=self.hidden,
         )
-        return list(bwrap_args(self.bwrap, spec))
+        argv = list(bwrap_args(self.bwrap, spec))
+        # Python itself (the venv, the base install) shown again inside a hidden dir.
+        at = argv.index("--chdir")
+        for path in self._python_under_hidden():
+            argv[at:at] = ["--ro-bind", path, path]
+        return argv
+
+    def _python_under_hidden(self) -> list[str]:
+        hidden = [path.resolve() for path in self.hidden]
+        needed = sorted({Path(p).resolve() for p in (sys.prefix, sys.base_prefix)})
+        return [str(p) for p in needed if any(p.is_relative_to(h) for h in hidden)]
 
     def _make_room(self) -> None:
         """Stop the oldest idle workers while the pool is at its size."""

@@ -23,16 +23,21 @@ from roost.settings import HubSettings
 
 log = logging.getLogger("roost.functions")
 
-# Hidden from sandboxed functions beside the hub's data dir: the system's Unix sockets
-# (a local PostgreSQL, D-Bus, a container runtime), reachable without the network.
-SYSTEM_HIDDEN = (Path("/run"),)
+
+def system_hidden() -> list[Path]:
+    """Hidden from sandboxed functions beside the hub's data dir: the system's Unix
+    sockets (a local PostgreSQL, D-Bus, a container runtime: reachable without the
+    network) and the hub user's home (SSH keys, ``.pgpass``). Python and Roost stay
+    visible wherever they are installed (the pool binds them again)."""
+    found = [Path("/run").resolve(), Path.home().resolve()]
+    return [path for path in found if path.is_dir() and path != Path("/")]
 
 
 class Functions:
     def __init__(self, db: Database, settings: HubSettings, hidden: Sequence[Path]) -> None:
         self.db = db
         self.settings = settings
-        self.hidden = (*hidden, *(path for path in SYSTEM_HIDDEN if path.is_dir()))
+        self.hidden = (*hidden, *system_hidden())
         self.pool = Pool(
             hidden=self.hidden,
             max_workers=settings.functions_max_workers,
