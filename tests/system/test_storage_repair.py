@@ -82,6 +82,11 @@ def test_a_corrupt_share_and_devices_gone_for_good_are_repaired_by_themselves(
     path.write_bytes(bytes(data))
     wait_for(lambda: not path.exists(), timeout=30, what="the rotten share to be replaced")
     assert f"share {path.name} is corrupt; reported to the hub" in by_id[rotten_on].proc.log_text()
+    with hub.client() as api:
+        (event,) = api.events(type="roost.store.share-corrupt")
+    assert event["subject"] == rotten_on
+    assert event["data"]["share"] == path.name
+    assert (event["data"]["bucket"], event["data"]["name"]) == ("photos", "keep.bin")
     assert _healthy_without(hub, set())
     assert _get(hub) == OBJECT
 

@@ -24,9 +24,11 @@ from pydantic import BaseModel
 
 from roost.api import DeviceDep, HubContext, HubDep
 from roost.atomic import write_atomic
+from roost.db import utcnow
 from roost.errors import NotFoundError, StorageError
+from roost.events.store import hub_event, insert_events
 from roost.storage.codec import EncodedSegment, Share
-from roost.storage.models import ShareRow
+from roost.storage.models import ObjectRow, ShareRow
 from roost.storage.objects import Placed, mark, own_share, store_dir
 from roost.storage.transfer import Answer, ask, ask_all, online, timeout_for
 
@@ -73,10 +75,24 @@ async def report_share(
     share_id: str, body: ProblemReport, device: DeviceDep, hub: HubDep
 ) -> dict[str, Any]:
     """A device's scrub found one of its shares missing or corrupt: marked, so the repair
-    loop rebuilds it elsewhere."""
-    await run_in_threadpool(own_share, hub, share_id, device.id)
+    loop rebuilds it elsewhere, and a ``roost.store.share-corrupt`` (or ``-missing``)
+    event for rules to act on (once per share and problem)."""
+    share = await run_in_threadpool(own_share, hub, share_id, device.id)
+    if share.state == body.problem:  # reported by an earlier scrub, not repaired yet
+        return {"share": share_id, "state": body.problem}
     why = f"device {device.id} found it {body.problem} when scrubbing"
     await run_in_threadpool(mark, hub, {share_id: (body.problem, why)})
+
+    def record() -> None:
+        with hub.db.session() as session:
+            obj = session.get(ObjectRow, share.object_id)
+            if obj is None:
+                return
+            data = {"bucket": obj.bucket, "name": obj.name, "share": share_id, "index": share.index}
+            kind = f"roost.store.share-{body.problem}"
+            insert_events(session, [hub_event(obj.tenant_id, kind, device.id, utcnow(), data)])
+
+    await run_in_threadpool(record)
     return {"share": share_id, "state": body.problem}
 
 
