@@ -631,9 +631,7 @@ async def test_publish_while_the_broker_is_away_is_tried_again(
     assert outlets.published == [("home/alerts", b"1")]
 
 
-async def test_invoke_without_functions_is_a_dead_letter(
-    db: Database, delivery: Delivery
-) -> None:
+async def test_invoke_without_functions_is_a_dead_letter(db: Database, delivery: Delivery) -> None:
     action_id = add_action(db, "invoke", {"function": "triage", "input": {}})
     delivery.notify()
     row = await settled(db, action_id, "dead")

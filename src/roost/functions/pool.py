@@ -37,6 +37,7 @@ from roost.agent.supervisor.spec import RunSpec
 from roost.functions import worker as worker_module
 
 WORKER = Path(worker_module.__file__).resolve()
+PYTHON = os.path.realpath(sys.executable)
 _HEADER = worker_module._HEADER
 _MAX_REPLY = 64 * 1024 * 1024
 _START_TIMEOUT_S = 10.0  # an interpreter's start and the function's import
@@ -248,7 +249,9 @@ class Pool:
 
     def argv(self, code: Code) -> list[str]:
         """The worker's command line: under bubblewrap when it works here."""
-        command = (sys.executable, "-I", str(WORKER), str(code.memory_bytes))
+        # The interpreter itself, not a venv's link to it: the worker needs the standard
+        # library only, and a venv under /tmp would be hidden by the sandbox's own /tmp.
+        command = (PYTHON, "-I", str(WORKER), str(code.memory_bytes))
         if self.bwrap is None:
             return list(command)
         spec = RunSpec(
