@@ -52,22 +52,11 @@ class Agent:
     data_dir: Path
     device_id: str
 
-    def emit(self, event_type: str, data: Any) -> str:
-        out = subprocess.run(
-            [
-                *ROOST,
-                "agent",
-                "emit",
-                event_type,
-                "--payload",
-                json.dumps(data),
-                "--data",
-                str(self.data_dir),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+    def emit(self, event_type: str, data: Any, subject: str = "") -> str:
+        """``roost agent emit`` on this device: the event goes through its outbox."""
+        argv = [*ROOST, "agent", "emit", event_type, "--payload", json.dumps(data)]
+        argv += ["--subject", subject, "--data", str(self.data_dir)]
+        out = subprocess.run(argv, check=True, capture_output=True, text=True)
         return out.stdout.strip()
 
 

@@ -134,12 +134,18 @@ def test_the_blood_pressure_rule_reaches_the_doctor_and_the_family(
             "ROOST_SMTP_FROM": "alerts@example.org",
         }
         hub = Hub.start(start_proc, tmp_path / "hub", settings=smtp)
+        # Alice's blood-pressure monitor is a device of the fleet; its readings travel
+        # through its agent's outbox and the broker, as a device's events do.
+        monitor = hub.join(tmp_path / "monitor", {"role": "health"})
+        hub.wait_online([monitor.device_id])
         with hub.client() as api:
             api.set_secret("doctor-sms", "the doctor's key")
             api.apply_rules(BLOOD_PRESSURE.replace("URL", receiver.url))
-            api.send_event("app.reading.bp", {"systolic": 120, "diastolic": 80}, "alice/arm")
-            api.send_event("app.reading.bp", {"systolic": 150, "diastolic": 85}, "alice/arm")
+            monitor.emit("app.reading.bp", {"systolic": 120, "diastolic": 80}, "alice/arm")
+            monitor.emit("app.reading.bp", {"systolic": 150, "diastolic": 85}, "alice/arm")
             wait_for(lambda: receiver.requests and mails, timeout=30, what="the webhook and mail")
+            (reading, _) = api.events(type="app.reading.bp")
+            assert reading["source"].startswith(f"roost://devices/{monitor.device_id}/")
 
         (request,) = receiver.requests
         assert json.loads(request.body) == {"to": "+15550100", "text": "Alice: 150/85"}

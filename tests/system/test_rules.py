@@ -1,5 +1,5 @@
 """Rules on a real hub: the door-sensor example of the issue applied with the CLI, nine
-events through the API, a restart, the tenth fires exactly once; bad files are refused
+events from a device, a restart, the tenth fires exactly once; bad files are refused
 with their places; the dry run, show and rm through the CLI."""
 
 from __future__ import annotations
@@ -88,29 +88,33 @@ def test_the_tenth_forced_door_fires_once_across_a_hub_restart(
     again = cli(config, "rules", "apply", str(rules))
     assert again.stdout == "door-forced: unchanged (version 1)\n"
 
+    # The door sensor is a device of the fleet: its reports travel through its agent.
+    door = hub.join(tmp_path / "door", {"role": "door"})
+    hub.wait_online([door.device_id])
     with hub.client() as api:
         for _ in range(9):
-            api.send_event("app.door.state", {"state": "forced"}, subject="front")
-        api.send_event("app.door.state", {"state": "closed"}, subject="front")
+            door.emit("app.door.state", {"state": "forced"}, "front")
+        door.emit("app.door.state", {"state": "closed"}, "front")
         wait_for(lambda: counted(hub) == 9, timeout=30, what="the hub to count nine")
         assert api.actions() == []
 
     hub.restart()
     with hub.client() as api:
-        api.send_event("app.door.state", {"state": "forced"}, subject="front")
+        door.emit("app.door.state", {"state": "forced"}, "front")
         wait_for(lambda: api.actions(rule="door-forced"), timeout=30, what="the tenth to fire")
         # An 11th report that counts too is past the 10th in the store: once the hub has
         # counted it, every firing of the tenth is in the outbox.
-        api.send_event("app.door.state", {"state": "forced"}, subject="front")
+        door.emit("app.door.state", {"state": "forced"}, "front")
         wait_for(lambda: counted(hub) == 11, timeout=30, what="the hub to count eleven")
         actions = sorted(api.actions(rule="door-forced"), key=lambda a: a["id"])
     kinds = [action["kind"] for action in actions]
     assert kinds == ["command", "email", "command", "email"], "the 10th fired, then the 11th"
     tenth = actions[:2]
     assert tenth[1]["fields"]["subject"] == (
-        ": door forced 10 times in 30 days; guest access is off"
-    ), "API events come from no device: one group, an empty device"
+        f"{door.device_id}: door forced 10 times in 30 days; guest access is off"
+    ), "grouped by the device the reports came from"
     assert tenth[0]["fields"]["name"] == "guest-access.disable"
+    assert tenth[0]["fields"]["device"] == door.device_id
     assert len({action["key"] for action in actions}) == 4
 
 
