@@ -136,7 +136,7 @@ async def test_the_documented_python_one_liner_works(agent: _Device) -> None:
 
 async def test_the_documented_socat_line_works(agent: _Device) -> None:
     if shutil.which("socat") is None:
-        pytest.skip("socat is not installed here")  # the Python one-liner is tested above
+        pytest.skip("socat not installed (apt-get install socat; scripts/setup does)")
     done = await _run_shell(_docs_block("socat"), {})
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["ok"] is True

@@ -73,3 +73,11 @@ def alive(pid: int) -> bool:
 def device_caps() -> Capabilities:
     """What this machine allows, detected once."""
     return detect_isolation()
+
+
+@pytest.fixture
+def bwrap_caps(device_caps: Capabilities) -> Capabilities:
+    """What this machine allows, where bubblewrap works (scripts/setup installs it)."""
+    if device_caps.bwrap is None:
+        pytest.skip("bwrap not installed or not working (apt-get install bubblewrap)")
+    return device_caps
