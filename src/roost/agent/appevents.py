@@ -191,22 +191,31 @@ class AppEvents:
     ) -> None:
         writers = self._writers.setdefault(app, set())
         try:
-            if len(writers) >= self._settings.events_max_connections:
-                most = self._settings.events_max_connections
-                writer.write(refused(f"app {app} has {most} connections open, the most it may"))
-                await writer.drain()
-                return
-            writers.add(writer)
-            while (line := await read_line(reader)) is not None:
-                if isinstance(line, bytes) and not line.strip():
-                    continue
-                writer.write(await self._take(app, line))
-                await writer.drain()
-        except ConnectionError:
-            pass  # the app went away; what it was told stays true
+            with contextlib.suppress(ConnectionError):  # the app went away
+                await self._serve(app, reader, writer, writers)
         finally:
             writers.discard(writer)
             writer.close()
+
+    async def _serve(
+        self,
+        app: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        writers: set[asyncio.StreamWriter],
+    ) -> None:
+        """Answer an app's lines until it closes; what it was told stays true."""
+        if len(writers) >= self._settings.events_max_connections:
+            most = self._settings.events_max_connections
+            writer.write(refused(f"app {app} has {most} connections open, the most it may"))
+            await writer.drain()
+            return
+        writers.add(writer)
+        while (line := await read_line(reader)) is not None:
+            if isinstance(line, bytes) and not line.strip():
+                continue
+            writer.write(await self._take(app, line))
+            await writer.drain()
 
     async def _take(self, app: str, line: bytes | int) -> bytes:
         """Check one line, store the event it holds, and say how that went."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Annotated, Any
@@ -47,15 +48,13 @@ def tail(
         newest = client.events(limit=1, newest=True)
         after = newest[-1]["seq"] if newest else 0
         shown = client.events(type=type, device=device, limit=last, newest=True) if last else []
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             while True:
                 for event in shown:
                     print(json.dumps(event, default=str) if as_json else _line(event), flush=True)
                     after = max(after, event["seq"])
                 time.sleep(TAIL_POLL_S)
                 shown = client.events(type=type, device=device, after=after, limit=1000)
-        except KeyboardInterrupt:
-            pass
 
 
 @events_app.command("send")
