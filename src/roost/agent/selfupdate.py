@@ -81,6 +81,7 @@ from pathlib import Path
 from typing import Any, Final, NoReturn
 
 from roost import __version__
+from roost.agent.proctree import descendants
 from roost.atomic import fsync_dir, write_atomic
 from roost.errors import BundleError
 
@@ -651,32 +652,9 @@ class _Guard:
             return
         signal.setitimer(signal.ITIMER_REAL, 0)
         log.warning("%s; booting the agent again", why)
-        for pid in _descendants(os.getpid()):
+        for pid in descendants(os.getpid()):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 continue
         exec_boot(self.agent_args, {**os.environ, FAILURE_ENV: why})
-
-
-def _descendants(root: int) -> set[int]:
-    """The living descendants of ``root`` (as ``roost.agent.supervisor.process`` finds
-    them; not imported from there: the base's modules are gone once a version runs)."""
-    children: dict[int, list[int]] = {}
-    for entry_ in os.scandir("/proc"):
-        if entry_.name.isdigit():
-            try:
-                stat = Path(entry_.path, "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2 :].split()
-            if len(fields) > 1:
-                children.setdefault(int(fields[1]), []).append(int(entry_.name))
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found

@@ -7,4 +7,4 @@ from roost.agent.supervisor import isolation
 
 def working_bwrap() -> str | None:
     """The path of a bubblewrap that works here, or None. Blocking: it runs it once."""
-    return isolation._working_bwrap()
+    return isolation.working_bwrap()

@@ -246,10 +246,10 @@ def cgroup_candidates(mounts: list[CgroupMount], own: Mapping[str, str]) -> list
 
 def detect_isolation() -> Capabilities:
     """Find what this device allows. Blocking: it runs bubblewrap and makes directories."""
-    return Capabilities(bwrap=_working_bwrap(), cgroup=_usable_cgroup())
+    return Capabilities(bwrap=working_bwrap(), cgroup=_usable_cgroup())
 
 
-def _working_bwrap() -> str | None:
+def working_bwrap() -> str | None:
     path = shutil.which("bwrap")
     if path is None:
         return None

@@ -21,8 +21,8 @@ import json
 import os
 import signal
 import sys
-from pathlib import Path
 
+from roost.agent.proctree import descendants
 from roost.agent.supervisor.isolation import CgroupPlan, Launch
 from roost.errors import AppError
 
@@ -88,31 +88,6 @@ def cgroup_members(plan: CgroupPlan | None) -> set[int]:
         with contextlib.suppress(OSError, ValueError):
             pids.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
     return pids
-
-
-def descendants(root: int) -> set[int]:
-    """All living descendants of ``root``, found by walking /proc (children files are not
-    always compiled into the kernel)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        # The command name is in parentheses and may contain anything; fields follow it.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def _signal(pids: set[int], sig: signal.Signals) -> None:
