@@ -119,8 +119,10 @@ async def rollouts(principal: PrincipalDep, hub: HubDep) -> list[dict[str, Any]]
     def run() -> list[dict[str, Any]]:
         now = utcnow()
         with hub.db.session() as session:
+            devices = service.Devices(session)
             return [
-                service.progress(session, row, now) for row in service.rollouts(session, principal)
+                service.progress(session, row, now, devices=devices)
+                for row in service.rollouts(session, principal)
             ]
 
     return await run_in_threadpool(run)

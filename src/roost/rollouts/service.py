@@ -183,10 +183,11 @@ def step_rollouts(
     """Step every rollout in ``statuses``; the desired states to publish."""
     changes: list[tuple[str, Desired]] = []
     rows = session.scalars(select(RolloutRow).where(RolloutRow.status.in_(tuple(statuses))))
+    devices = Devices(session)
     for row in rows:
         deployment = session.get(DeploymentRow, row.deployment_id)
         if deployment is not None:
-            changes += _step(session, row, deployment, now)
+            changes += _step(session, row, deployment, now, devices)
     return changes
 
 
@@ -216,11 +217,15 @@ def act(
 
 
 def _step(
-    session: Session, row: RolloutRow, deployment: DeploymentRow, now: dt.datetime
+    session: Session,
+    row: RolloutRow,
+    deployment: DeploymentRow,
+    now: dt.datetime,
+    devices: Devices | None = None,
 ) -> list[tuple[str, Desired]]:
     t = now.timestamp()
     spec = load_spec(row.spec)
-    targets = _targets(session, deployment, t, row.version)
+    targets = _targets(session, deployment, t, row.version, devices)
     reports = {target.device_id: target.report for target in targets}
     if row.state is None:
         if not targets:
@@ -241,8 +246,31 @@ def _save(row: RolloutRow, state: RolloutState, now: dt.datetime) -> None:
     row.updated_at = now
 
 
+class Devices:
+    """Each tenant's active devices, read once for however many rollouts look at them (one
+    pass of the hub's loop, one listing)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._rows: dict[str, list[tuple[str, Any, bool, Any]]] = {}
+
+    def of(self, tenant_id: str) -> list[tuple[str, Any, bool, Any]]:
+        if tenant_id not in self._rows:
+            rows = self._session.execute(
+                select(Device.id, Device.labels, Device.online, Device.reported).where(
+                    Device.tenant_id == tenant_id, Device.state == "active"
+                )
+            )
+            self._rows[tenant_id] = [tuple(row) for row in rows]
+        return self._rows[tenant_id]
+
+
 def _targets(
-    session: Session, deployment: DeploymentRow, now: float, version: str | None = None
+    session: Session,
+    deployment: DeploymentRow,
+    now: float,
+    version: str | None = None,
+    devices: Devices | None = None,
 ) -> list[Target]:
     """The devices the deployment reaches now (the newest deployment of the app wins)."""
     newer = [
@@ -256,13 +284,10 @@ def _targets(
         )
     ]
     mine = Selector.parse(deployment.selector)
-    rows = session.execute(
-        select(Device.id, Device.labels, Device.online, Device.reported).where(
-            Device.tenant_id == deployment.tenant_id, Device.state == "active"
-        )
-    )
     targets = []
-    for device_id, labels, online, reported in rows:
+    for device_id, labels, online, reported in (devices or Devices(session)).of(
+        deployment.tenant_id
+    ):
         if not mine.matches(labels) or any(s.matches(labels) for s in newer):
             continue
         entry = (reported.get("apps") or {}).get(deployment.app) if reported else None
@@ -397,7 +422,11 @@ def rollouts(session: Session, principal: Principal, limit: int = 100) -> list[R
 
 
 def progress(
-    session: Session, row: RolloutRow, now: dt.datetime, with_devices: bool = False
+    session: Session,
+    row: RolloutRow,
+    now: dt.datetime,
+    with_devices: bool = False,
+    devices: Devices | None = None,
 ) -> dict[str, Any]:
     """Where a rollout stands, wave by wave (and device by device when asked)."""
     deployment = session.get(DeploymentRow, row.deployment_id)
@@ -417,16 +446,15 @@ def progress(
     if row.state is None or deployment is None:
         return view
     state = load_state(row.state)
-    reports = {
-        t.device_id: t.report for t in _targets(session, deployment, now.timestamp(), row.version)
-    }
-    devices: dict[str, str] = {}
+    targets = _targets(session, deployment, now.timestamp(), row.version, devices)
+    reports = {t.device_id: t.report for t in targets}
+    verdicts: dict[str, str] = {}
     for index, wave in enumerate(state.waves):
         counts: dict[str, int] = defaultdict(int)
         for device in wave:
             verdict = _device_progress(state, index, device, reports.get(device))
             counts[verdict] += 1
-            devices[device] = verdict
+            verdicts[device] = verdict
         done = counts["healthy"] + counts["failed"] + counts["waiting"]
         view["waves"].append(
             {
@@ -440,10 +468,10 @@ def progress(
             }
         )
     for device in state.released:
-        devices.setdefault(device, _device_progress(state, -1, device, reports.get(device)))
-    view["devices"] = len(devices)
+        verdicts.setdefault(device, _device_progress(state, -1, device, reports.get(device)))
+    view["devices"] = len(verdicts)
     if with_devices:
-        view["device_states"] = dict(sorted(devices.items()))
+        view["device_states"] = dict(sorted(verdicts.items()))
     return view
 
 
