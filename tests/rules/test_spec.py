@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from roost.errors import RuleError
+from roost.events.patterns import Pattern
 from roost.rules import spec
-from roost.rules.spec import Pattern, parse_rules
+from roost.rules.spec import parse_rules
 from roost.rules.template import Template
 
 BASE: dict[str, Any] = {

@@ -12,6 +12,7 @@ Layout of ``DATA/catalog/<tenant_id>/``::
 Target files are not copied: ``apps/<name>/<sha256>.<file>`` resolves to the blob
 ``<sha256>`` of the shared ``BlobStore``, and only while the current targets metadata
 lists ``apps/<name>/<file>`` with that hash (a tenant never reaches another's blobs).
+Edge functions' versions live beside the apps, under ``functions/<name>/``.
 
 Invariants: every file is written atomically; a publish writes targets, then snapshot,
 then the timestamp, each with a bumped version and an explicit expiry (the Metadata API
@@ -62,8 +63,12 @@ ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 """Roles whose keys stay on the hub; the root key may be taken offline."""
 
 _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}"
-_TARGET_PATH_RE = re.compile(rf"apps/(?P<name>{_SEGMENT})/(?P<file>{_SEGMENT})")
-_HASHED_PATH_RE = re.compile(rf"apps/(?P<name>{_SEGMENT})/(?P<sha256>[0-9a-f]{{64}})\.(?P<file>.+)")
+# Apps' releases and edge functions' versions.
+_KINDS = "apps|functions"
+_TARGET_PATH_RE = re.compile(rf"(?P<kind>{_KINDS})/(?P<name>{_SEGMENT})/(?P<file>{_SEGMENT})")
+_HASHED_PATH_RE = re.compile(
+    rf"(?P<kind>{_KINDS})/(?P<name>{_SEGMENT})/(?P<sha256>[0-9a-f]{{64}})\.(?P<file>.+)"
+)
 _METADATA_NAME_RE = re.compile(
     r"(?P<version>[1-9][0-9]{0,9})\.(?P<role>root|targets|snapshot)\.json"
 )
@@ -116,7 +121,8 @@ class TargetInfo:
 
 
 def check_target_path(path: str) -> str:
-    """``path`` if it is ``apps/<name>/<file>`` with safe segments, else ``CatalogError``."""
+    """``path`` if it is ``apps/<name>/<file>`` or ``functions/<name>/<file>`` with safe
+    segments, else ``CatalogError``."""
     if not _TARGET_PATH_RE.fullmatch(path):
         raise CatalogError(f"not a catalog target path (apps/<name>/<file>): {path[:200]!r}")
     return path
@@ -127,7 +133,7 @@ def parse_hashed_path(hashed_path: str) -> tuple[str, str]:
     match = _HASHED_PATH_RE.fullmatch(hashed_path)
     if match is None:
         raise CatalogError(f"not a catalog target file: {hashed_path[:200]!r}")
-    target_path = f"apps/{match['name']}/{match['file']}"
+    target_path = f"{match['kind']}/{match['name']}/{match['file']}"
     return check_target_path(target_path), match["sha256"]
 
 

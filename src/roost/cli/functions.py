@@ -1,8 +1,10 @@
-"""``roost fn ...``: functions on the hub.
+"""``roost fn ...``: functions on the hub and on devices.
 
 ``deploy`` reads a ``.py`` file (its module is the entry) or a directory (every ``.py``
 file under it; ``main.py`` holds ``handle``) and sends it; the hub checks it (syntax,
-``handle``, size) before it keeps a new version. ``invoke`` prints the result (exit 1 and
+``handle``, size) before it keeps a new version. ``--on`` places it (the hub, or the
+devices a selector picks), ``--trigger``/``--subject``/``--source`` and ``--cron`` say
+what starts it. ``invoke`` prints the result (exit 1 and
 the function's error when it failed); ``logs`` lists recent invocations.
 """
 
@@ -19,7 +21,9 @@ from roost.apps.manifest import parse_size
 from roost.cli.common import ConfigOpt, JsonOpt, connect, parse_duration, print_json
 from roost.errors import ValidationError
 
-fn_app = typer.Typer(help="Functions on the hub: deploy, invoke, logs.", no_args_is_help=True)
+fn_app = typer.Typer(
+    help="Functions on the hub and on devices: deploy, invoke, logs.", no_args_is_help=True
+)
 
 
 def read_code(path: Path) -> tuple[dict[str, str], str]:
@@ -55,11 +59,28 @@ def deploy(
     memory: Annotated[str, typer.Option(help="address space of a worker, e.g. 128M")] = "128M",
     concurrency: Annotated[int, typer.Option(help="invocations at once")] = 4,
     network: Annotated[bool, typer.Option(help="ask for the network (if the hub allows)")] = False,
+    on: Annotated[
+        str, typer.Option("--on", help='"hub", "all" devices, or a label selector: role=sensor')
+    ] = "hub",
+    trigger: Annotated[
+        list[str] | None,
+        typer.Option("--trigger", help="event type pattern that starts it, e.g. app.door.*"),
+    ] = None,
+    subject: Annotated[
+        list[str] | None, typer.Option(help="and only events whose subject matches")
+    ] = None,
+    source: Annotated[
+        list[str] | None, typer.Option(help="and only events whose source matches")
+    ] = None,
+    cron: Annotated[str, typer.Option(help='start it on a schedule, e.g. "*/5 * * * *"')] = "",
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Deploy a function, or a new version of it."""
+    """Deploy a function, or a new version of it, on the hub or on devices."""
     files, entry = read_code(path)
+    if (subject or source) and not trigger:
+        raise ValidationError("--subject and --source narrow a --trigger; give one")
+    patterns = {"type": trigger, "subject": subject or [], "source": source or []}
     with connect(config) as client:
         row = client.deploy_function(
             name,
@@ -69,11 +90,14 @@ def deploy(
             memory_bytes=parse_size(memory, "--memory"),
             concurrency=concurrency,
             network=network,
+            on=on,
+            trigger=patterns if trigger else None,
+            cron=cron,
         )
     if as_json:
         print_json(row)
         return
-    print(f"function {row['name']} version {row['version']} deployed")
+    print(f"function {row['name']} version {row['version']} deployed ({_start(row)})")
 
 
 @fn_app.command("ls")
@@ -91,9 +115,23 @@ def ls(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 def _limits(row: dict[str, Any]) -> str:
     memory = row["memory_bytes"] >> 20
     return (
-        f"{row['name']}  v{row['version']}  timeout {row['timeout_s']:g}s  memory {memory}M"
-        f"  concurrency {row['concurrency']}" + ("  network" if row["network"] else "")
+        f"{row['name']}  v{row['version']}  {_start(row)}  timeout {row['timeout_s']:g}s"
+        f"  memory {memory}M  concurrency {row['concurrency']}"
+        + ("  network" if row["network"] else "")
     )
+
+
+def _start(row: dict[str, Any]) -> str:
+    """Where it runs and what starts it: ``on hub, events app.door.*, cron '* * * * *'``."""
+    on = row.get("on", "hub")
+    parts = ["on hub" if on == "hub" else f"on devices {on}"]
+    trigger = row.get("trigger") or {}
+    if trigger.get("type"):
+        narrowed = [f"{k} {' '.join(trigger[k])}" for k in ("subject", "source") if trigger.get(k)]
+        parts.append(" ".join(["events", *trigger["type"], *narrowed]))
+    if row.get("cron"):
+        parts.append(f"cron {row['cron']!r}")
+    return ", ".join(parts)
 
 
 @fn_app.command("show")
@@ -158,9 +196,10 @@ def logs(
         return
     for row in rows:
         outcome = "ok" if row["ok"] else f"error: {row['error']}"
+        where = f"  device {row['device']}" if row.get("device") else ""
         print(
             f"{str(row['started_at'])[:23]}  v{row['version']}  {row['trigger']:6}"
-            f"  {row['duration_ms']:8.1f} ms  {outcome}"
+            f"  {row['duration_ms']:8.1f} ms  {outcome}{where}"
         )
         for line in row["output"].splitlines()[-5:]:
             print(f"    | {line}")

@@ -36,6 +36,14 @@ def next_time(cron: str, after: dt.datetime) -> dt.datetime:
     return when
 
 
+def check_cron(cron: str) -> None:
+    """``ValidationError`` unless ``cron`` is a cron expression croniter reads."""
+    if not croniter.is_valid(cron) or len(cron) > 128:
+        raise ValidationError(
+            f'cron {cron[:80]!r} is not a cron expression like "*/5 * * * *" (UTC)'
+        )
+
+
 def add(
     session: Session,
     principal: Principal,
@@ -49,10 +57,7 @@ def add(
 ) -> ScheduleRow:
     if not NAME_RE.fullmatch(name):
         raise ValidationError(f"schedule name {name[:80]!r}: lowercase letters, digits, . _ -")
-    if not croniter.is_valid(cron) or len(cron) > 128:
-        raise ValidationError(
-            f'cron {cron[:80]!r} is not a cron expression like "*/5 * * * *" (UTC)'
-        )
+    check_cron(cron)
     if not TYPE_RE.fullmatch(event_type):
         raise ValidationError(f"type {event_type[:80]!r} must be letters, digits and . _ : / -")
     # The event it will emit is checked now, not when it first fires.

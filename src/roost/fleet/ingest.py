@@ -27,6 +27,7 @@ from roost.errors import WireError
 from roost.events.store import insert_events
 from roost.fleet.models import CommandRow, Device
 from roost.fleet.service import desired_message
+from roost.functions import edge
 from roost.wire import Birth, Desired, Event, Heartbeat, Reply, Reported, Status, topics
 from roost.wire.topics import Up
 
@@ -299,11 +300,14 @@ class Ingest:
         self, session: Session, batch: Batch, active: set[str], now: dt.datetime
     ) -> None:
         rows = []
+        invoked: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for device_id, message in batch.events:
             tenant = self._tenants.get(device_id)
             if device_id not in active or tenant is None:
                 continue
             event = message.event
+            if event["type"] == edge.INVOKED:
+                invoked[tenant, device_id].append(event)
             rows.append(
                 {
                     "tenant_id": tenant,
@@ -320,6 +324,8 @@ class Ingest:
             )
         if rows:
             insert_events(session, rows)
+        for (tenant, device_id), events in invoked.items():
+            edge.record_invocations(session, tenant, device_id, events)
 
 
 def _device_table() -> Table:

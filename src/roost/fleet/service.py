@@ -216,6 +216,8 @@ def set_desired(
     device = get_device(session, principal, device_id)
     if "labels" in patch:
         raise ValidationError("labels are set with `roost devices label`, not in the twin")
+    if "functions" in patch:
+        raise ValidationError("functions are placed with `roost fn deploy --on`, not in the twin")
     desired = dict(device.desired)
     for key, value in patch.items():
         if value is None:

@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from roost.api import HubDep, PrincipalDep
 from roost.db import utcnow
 from roost.errors import FunctionError, ValidationError
-from roost.functions import service
+from roost.functions import edge, service
 from roost.functions.models import FunctionRow, Invocation
+from roost.wire import Desired
 
 router = APIRouter(prefix="/v1", tags=["functions"])
 
@@ -34,6 +35,9 @@ class DeployFunction(BaseModel):
     memory_bytes: int = service.DEFAULTS["memory_bytes"]
     concurrency: int = service.DEFAULTS["concurrency"]
     network: bool = False
+    on: str = service.HUB
+    trigger: dict[str, Any] | None = None
+    cron: str = ""
 
 
 class InvokeRequest(BaseModel):
@@ -46,6 +50,9 @@ def function_view(row: FunctionRow) -> dict[str, Any]:
     return {
         "name": row.name,
         "version": row.version,
+        "on": row.placement if row.placement == service.HUB else row.placement or "all",
+        "trigger": row.trigger,
+        "cron": row.cron,
         "timeout_s": row.timeout_s,
         "memory_bytes": row.memory_bytes,
         "concurrency": row.concurrency,
@@ -67,15 +74,18 @@ def invocation_view(row: Invocation) -> dict[str, Any]:
         "result": json.loads(row.result) if row.ok and row.result else None,
         "error": row.error,
         "output": row.output,
+        "device": row.device_id,
     }
 
 
 @router.post("/functions", status_code=201)
 async def deploy(body: DeployFunction, principal: PrincipalDep, hub: HubDep) -> dict[str, Any]:
-    """Deploy a function, or a new version of it (checked first: syntax, handle, size)."""
+    """Deploy a function, or a new version of it (checked first: syntax, handle, size).
+    A function ``on`` devices is signed into the tenant's catalog and placed on them."""
     limits = service.Limits(body.timeout_s, body.memory_bytes, body.concurrency, body.network)
+    start = service.Start.parse(body.on, body.trigger, body.cron)
 
-    def run() -> dict[str, Any]:
+    def run() -> tuple[dict[str, Any], list[tuple[str, Desired]]]:
         with hub.db.session() as session:
             row = service.deploy(
                 session,
@@ -86,10 +96,16 @@ async def deploy(body: DeployFunction, principal: PrincipalDep, hub: HubDep) -> 
                 limits,
                 hub.settings,
                 utcnow(),
+                start,
             )
-            return {**function_view(row), "id": row.id}
+            if not start.on_hub:
+                edge.publish(session, hub.catalog, row)
+            changes = edge.reconcile(session, principal.tenant_id)
+            return {**function_view(row), "id": row.id}, changes
 
-    view = await run_in_threadpool(run)
+    view, changes = await run_in_threadpool(run)
+    for device_id, desired in changes:
+        hub.publish_desired(device_id, desired)
     await hub.functions.retire(view.pop("id"))
     return view
 
@@ -131,11 +147,16 @@ async def function(name: str, principal: PrincipalDep, hub: HubDep) -> dict[str,
 
 @router.delete("/functions/{name}")
 async def remove(name: str, principal: PrincipalDep, hub: HubDep) -> dict[str, Any]:
-    def run() -> str:
+    def run() -> tuple[str, list[tuple[str, Desired]]]:
         with hub.db.session() as session:
-            return service.remove(session, principal, name)
+            function_id = service.remove(session, principal, name)
+            session.flush()
+            return function_id, edge.reconcile(session, principal.tenant_id)
 
-    await hub.functions.retire(await run_in_threadpool(run))
+    function_id, changes = await run_in_threadpool(run)
+    for device_id, desired in changes:
+        hub.publish_desired(device_id, desired)
+    await hub.functions.retire(function_id)
     return {"name": name, "removed": True}
 
 

@@ -3,7 +3,9 @@ invocations recorded. Every query is scoped to the caller's tenant.
 
 ``check_code`` refuses what cannot run before it is stored: a file that is not Python
 (its syntax error with the line), an entry module without a top-level ``handle``, more
-than ``MAX_CODE_BYTES`` of code.
+than ``MAX_CODE_BYTES`` of code. ``Start`` is where a function runs (the hub, or the
+devices a label selector picks: edge functions) and what starts it besides an invoke: an
+event trigger (patterns over type, source and subject) and a cron expression.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from sqlalchemy.orm import Session
 
 from roost.access.service import Principal
 from roost.errors import ConflictError, NotFoundError, ValidationError
+from roost.events.patterns import Trigger
+from roost.events.schedules import check_cron
+from roost.fleet.selectors import Selector
 from roost.functions.models import FunctionRow, FunctionVersion, Invocation
 from roost.functions.pool import Code, Outcome
 from roost.settings import HubSettings
@@ -62,6 +67,78 @@ class Limits:
             raise ValidationError(
                 "this hub gives functions no network (functions_allow_network is off)"
             )
+
+
+HUB = "hub"
+ALL_DEVICES = "all"
+MAX_PATTERNS = 16
+MAX_PATTERN_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a function runs and what starts it.
+
+    ``placement``: ``"hub"``, or the label selector of the devices that run it (``""``:
+    all of them). ``trigger``: the events that start it (None: none). ``cron``: a cron
+    expression (UTC; a sixth field is seconds) that starts it, or ``""``.
+    """
+
+    placement: str = HUB
+    trigger: Trigger | None = None
+    cron: str = ""
+
+    @property
+    def on_hub(self) -> bool:
+        return self.placement == HUB
+
+    @classmethod
+    def parse(cls, on: str, trigger: Mapping[str, Any] | None, cron: str) -> Start:
+        """From what a person wrote: ``on`` is ``hub``, ``all`` or a selector; ``trigger``
+        ``{"type": [...], "source": [...], "subject": [...]}``. ``ValidationError`` names
+        what is wrong."""
+        placement = HUB if on.strip() == HUB else _placement(on)
+        if cron:
+            check_cron(cron)
+        return cls(placement, _trigger(trigger) if trigger else None, cron)
+
+    def describe(self) -> str:
+        where = "hub" if self.on_hub else f"devices {self.placement or ALL_DEVICES}"
+        parts = [f"on {where}"]
+        if self.trigger is not None:
+            parts.append("events " + " ".join(p.text for p in self.trigger.types))
+        if self.cron:
+            parts.append(f"cron {self.cron!r}")
+        return ", ".join(parts)
+
+
+def _placement(on: str) -> str:
+    text = on.strip()
+    if text == ALL_DEVICES:
+        return ""
+    if not text:
+        raise ValidationError('--on must be "hub", "all" or a label selector like role=sensor')
+    return str(Selector.parse(text))
+
+
+def _trigger(data: Mapping[str, Any]) -> Trigger:
+    unknown = set(data) - {"type", "source", "subject"}
+    if unknown:
+        raise ValidationError(f"a trigger has type, source and subject, not {sorted(unknown)}")
+    found: dict[str, list[str]] = {}
+    for key in ("type", "source", "subject"):
+        value = data.get(key) or []
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, list) or not all(
+            isinstance(t, str) and 0 < len(t) <= MAX_PATTERN_CHARS for t in texts
+        ):
+            raise ValidationError(f"trigger {key}: patterns of 1 to {MAX_PATTERN_CHARS} characters")
+        if len(texts) > MAX_PATTERNS:
+            raise ValidationError(f"trigger {key}: at most {MAX_PATTERNS} patterns")
+        found[key] = texts
+    if not found["type"]:
+        raise ValidationError("a trigger needs at least one event type pattern")
+    return Trigger.from_dict(found)
 
 
 def check_code(files: Mapping[str, str], entry: str) -> None:
@@ -122,13 +199,18 @@ def deploy(
     limits: Limits,
     settings: HubSettings,
     now: dt.datetime,
+    start: Start | None = None,
 ) -> FunctionRow:
-    """Store a new version of the function (the first makes it); its limits follow."""
+    """Store a new version of the function (the first makes it); its limits and where
+    it runs and what starts it (``start``) follow."""
+    start = start or Start()
     if not NAME_RE.match(name):
         raise ValidationError(
             f"function name {name!r} must be lowercase letters, digits, - and _ (at most 63)"
         )
     limits.check(settings)
+    if limits.network and not start.on_hub:
+        raise ValidationError("functions on devices get no network; deploy it --on hub")
     check_code(files, entry)
     text = json.dumps(dict(files), sort_keys=True)
     row = _find(session, principal.tenant_id, name)
@@ -148,6 +230,9 @@ def deploy(
     row.memory_bytes = limits.memory_bytes
     row.concurrency = limits.concurrency
     row.network = limits.network
+    row.placement = start.placement
+    row.trigger = start.trigger.to_dict() if start.trigger is not None else None
+    row.cron = start.cron
     row.updated_at = now
     session.flush()
     session.add(
@@ -170,6 +255,12 @@ def _find(session: Session, tenant_id: str, name: str) -> FunctionRow | None:
     return session.scalars(
         select(FunctionRow).where(FunctionRow.tenant_id == tenant_id, FunctionRow.name == name)
     ).first()
+
+
+def start_of(row: FunctionRow) -> Start:
+    """Where a stored function runs and what starts it."""
+    trigger = Trigger.from_dict(row.trigger) if row.trigger else None
+    return Start(row.placement, trigger, row.cron)
 
 
 def get(session: Session, tenant_id: str, name: str) -> FunctionRow:
@@ -215,6 +306,11 @@ def remove(session: Session, principal: Principal, name: str) -> str:
 def code(session: Session, tenant_id: str, name: str) -> tuple[FunctionRow, Code]:
     """The current version of a function, as the pool runs it."""
     row = get(session, tenant_id, name)
+    if row.placement != HUB:
+        raise ConflictError(
+            f"function {name!r} runs on devices ({row.placement or ALL_DEVICES}): their "
+            "events start it there, not the hub"
+        )
     stored = session.scalars(
         select(FunctionVersion).where(
             FunctionVersion.function_id == row.id, FunctionVersion.version == row.version

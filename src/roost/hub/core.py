@@ -29,6 +29,7 @@ from roost.events.store import expire_events, hub_event, insert_events, when_sto
 from roost.fleet import service as fleet
 from roost.fleet.ingest import Batch, FlushResult, Ingest
 from roost.fleet.models import CommandRow, Device
+from roost.functions import edge
 from roost.functions.runtime import Functions
 from roost.hub import identity as hub_identity
 from roost.hub.broker import ManagedBroker
@@ -58,6 +59,8 @@ ROLLOUT_STEP_S = 1.0
 RETENTION_CHECK_S = 3600.0
 # How often schedules are checked (cron's resolution is a minute).
 SCHEDULE_CHECK_S = 1.0
+# How often edge functions are placed again on the devices their selectors pick.
+EDGE_FUNCTIONS_S = 5.0
 ROLLOUT_IDLE_STEPS = 10
 
 
@@ -142,6 +145,7 @@ class Hub:
             self._rollout_loop(),
             self._retention_loop(),
             self._schedule_loop(),
+            self._edge_functions_loop(),
             repair_loop(self),
             self.rules.run(self._rules_wanted, self.delivery.notify),
         ):
@@ -441,6 +445,26 @@ class Hub:
                 await asyncio.to_thread(self._fire_schedules)
             except Exception:
                 log.exception("firing schedules failed")
+
+    async def _edge_functions_loop(self) -> None:
+        """Place edge functions on the devices their selectors pick now (labels change)."""
+        while True:
+            await asyncio.sleep(EDGE_FUNCTIONS_S)
+            try:
+                changes = await asyncio.to_thread(self._place_edge_functions)
+            except Exception:
+                log.exception("placing edge functions failed")
+                continue
+            for device_id, desired in changes:
+                self.publish_desired(device_id, desired)
+
+    def _place_edge_functions(self) -> list[tuple[str, Desired]]:
+        with self.db.session() as session:
+            return [
+                change
+                for tenant_id in edge.tenants_with_edge_functions(session)
+                for change in edge.reconcile(session, tenant_id)
+            ]
 
     def _fire_schedules(self) -> None:
         with self.db.session() as session:

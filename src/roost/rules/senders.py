@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from roost import __version__
 from roost.db import Database, utcnow
-from roost.errors import BrokerError, DeliveryError, NotFoundError, ValidationError
+from roost.errors import BrokerError, ConflictError, DeliveryError, NotFoundError, ValidationError
 from roost.events.cloudevents import MAX_SUBJECT, MAX_TYPE, TYPE_RE
 from roost.events.store import insert_events
 from roost.fleet.models import CommandRow, Device
@@ -333,7 +333,7 @@ class Senders:
             invocation = await self.invoke_function(
                 action.tenant_id, name, _field(action, "input"), "rule", action.key
             )
-        except NotFoundError as err:
+        except (NotFoundError, ConflictError) as err:  # gone, or it runs on devices
             raise _permanent(str(err)) from None
         if not invocation.ok:
             raise DeliveryError(f"function {name} failed: {invocation.error}")

@@ -14,8 +14,8 @@ path and its position in the file (``RuleError``): YAML errors, unknown fields, 
 or ill-typed fields, CEL syntax and type errors with a caret, too-costly expressions,
 bad windows, unknown action kinds, unreadable templates. See docs/rules.md for the format.
 
-Patterns (``type``, ``source``, ``subject``) are glob-like: ``*`` matches any run of
-characters, ``/`` and ``.`` included; everything else matches itself. Pure.
+Patterns (``type``, ``source``, ``subject``) are glob-like (``roost.events.patterns``).
+Pure.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from roost.errors import ValidationError
+from roost.events.patterns import Pattern, Trigger
 from roost.fleet.selectors import Selector
 from roost.rules import actions, expressions
 from roost.rules.expressions import Expr, ExprProblem
@@ -43,60 +44,6 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _RULE_FIELDS = ("id", "description", "enabled", "trigger", "condition", "window", "actions")
 _TRIGGER_FIELDS = ("type", "source", "subject")
 _WINDOW_FIELDS = ("over", "kind", "group_by", "value", "threshold", "reset")
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """A glob-like pattern: exact text, or ``*`` for any run of characters."""
-
-    text: str
-    _prefix: str | None = field(init=False, repr=False, compare=False)
-    _regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        stars = self.text.count("*")
-        prefix = self.text[:-1] if stars == 1 and self.text.endswith("*") else None
-        regex = None
-        if stars and prefix is None:
-            regex = re.compile(".*".join(re.escape(p) for p in self.text.split("*")), re.DOTALL)
-        object.__setattr__(self, "_prefix", prefix)
-        object.__setattr__(self, "_regex", regex)
-
-    @property
-    def exact(self) -> bool:
-        return "*" not in self.text
-
-    def matches(self, value: str) -> bool:
-        if self._prefix is not None:  # "alice/*", "app.reading.*": the common patterns
-            return value.startswith(self._prefix)
-        if self._regex is not None:
-            return self._regex.fullmatch(value) is not None
-        return value == self.text
-
-
-@dataclass(frozen=True)
-class Trigger:
-    """Which events reach a rule: any of ``types``, and of ``sources`` and ``subjects`` if set."""
-
-    types: tuple[Pattern, ...]
-    sources: tuple[Pattern, ...] = ()
-    subjects: tuple[Pattern, ...] = ()
-
-    @property
-    def filtered(self) -> bool:
-        """Whether source or subject patterns narrow the types."""
-        return bool(self.sources or self.subjects)
-
-    def matches(self, event: Mapping[str, Any]) -> bool:
-        return any(p.matches(str(event.get("type", ""))) for p in self.types) and self.admits(event)
-
-    def admits(self, event: Mapping[str, Any]) -> bool:
-        """Source and subject match (the type is the router's concern)."""
-        if self.sources and not any(p.matches(str(event.get("source", ""))) for p in self.sources):
-            return False
-        return not self.subjects or any(
-            p.matches(str(event.get("subject") or "")) for p in self.subjects
-        )
 
 
 @dataclass(frozen=True)
