@@ -153,3 +153,24 @@ async def test_a_sandboxed_function_has_no_network_by_default(bwrap: str) -> Non
             assert allowed.result == "connected"
         finally:
             await pool.close()
+
+
+EMITTER = """
+def handle(event, ctx):
+    ctx.emit("app.alarm", {"n": event["n"]}, subject="door")
+    if event["n"] < 0:
+        raise ValueError("negative")
+    if event["n"] > 1:
+        ctx.emit("bad", object())
+    return ctx["function"]
+"""
+
+
+async def test_events_a_function_emits_come_back_only_when_it_succeeds(pool: Pool) -> None:
+    done = await pool.invoke(code(EMITTER), {"n": 1}, {"function": "f"})
+    assert done.ok and done.result == "f"
+    assert done.events == ({"type": "app.alarm", "subject": "door", "data": {"n": 1}},)
+    failed = await pool.invoke(code(EMITTER), {"n": -1}, {"function": "f"})
+    assert not failed.ok and failed.events == ()
+    not_json = await pool.invoke(code(EMITTER), {"n": 2}, {"function": "f"})
+    assert not not_json.ok and "TypeError" in not_json.error

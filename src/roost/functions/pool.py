@@ -66,6 +66,8 @@ class Outcome:
     output: str = ""
     duration_ms: float = 0.0
     cold: bool = False
+    # What the function emitted with ctx.emit: {"type", "subject", "data"} each.
+    events: tuple[dict[str, Any], ...] = ()
 
 
 class _WorkerGone(Exception):
@@ -310,4 +312,5 @@ def _outcome(reply: dict[str, Any], began: float, cold: bool) -> Outcome:
         output=str(reply.get("output", "")),
         duration_ms=_ms(began),
         cold=cold,
+        events=tuple(e for e in reply.get("events") or () if isinstance(e, dict)),
     )

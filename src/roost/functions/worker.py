@@ -8,7 +8,11 @@ big-endian length and a JSON object:
 - first in: ``{"files": {relative path: source}, "entry": module}`` -> ``{"ok": true}``
   or ``{"ok": false, "error": ...}`` (the import failed);
 - then per invocation: ``{"event": ..., "ctx": {...}}`` -> ``{"ok": true, "result": ...,
-  "output": ...}`` or ``{"ok": false, "error": ..., "output": ...}``.
+  "output": ..., "events": [...]}`` or ``{"ok": false, "error": ..., "output": ...}``.
+
+``ctx`` is the dict the pool sent, with one method: ``ctx.emit(type, data=None,
+subject=None)`` adds an event to those the invocation hands back (``events``, at most
+``MAX_EMITTED``; a failed invocation emits none). Whoever ran the function stores them.
 
 What the function prints is captured per invocation (``output``, its tail kept). The
 address-space limit is set before any of the function's code runs; a ``MemoryError``
@@ -31,6 +35,7 @@ import traceback
 from typing import Any, BinaryIO
 
 OUTPUT_TAIL = 4000  # characters of captured output sent back
+MAX_EMITTED = 100  # events one invocation may emit
 _HEADER = struct.Struct(">I")
 
 
@@ -46,6 +51,26 @@ def write_message(stream: BinaryIO, message: Any) -> None:
     data = json.dumps(message, default=str).encode()
     stream.write(_HEADER.pack(len(data)) + data)
     stream.flush()
+
+
+class Context(dict[str, Any]):
+    """What a function knows of its invocation (``ctx["function"]``, ``ctx["key"]``...),
+    and ``emit`` for the events it wants to send."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        super().__init__(values)
+        self.emitted: list[dict[str, Any]] = []
+
+    def emit(self, type: str, data: Any = None, subject: str | None = None) -> None:
+        """Send an event once this invocation has succeeded."""
+        if not isinstance(type, str) or not type:
+            raise ValueError("emit: the event type must be a non-empty string")
+        if subject is not None and not isinstance(subject, str):
+            raise ValueError("emit: the subject must be a string")
+        if len(self.emitted) >= MAX_EMITTED:
+            raise ValueError(f"emit: an invocation emits at most {MAX_EMITTED} events")
+        json.dumps(data)  # a value that is not JSON fails here, where the function called
+        self.emitted.append({"type": type, "subject": subject or "", "data": data})
 
 
 def _load(message: dict[str, Any], home: str) -> Any:
@@ -99,11 +124,12 @@ def serve(home: str) -> None:
     while (message := read_message(channel_in)) is not None:
         captured = io.StringIO()
         reply: dict[str, Any]
+        ctx = Context(message["ctx"])
         try:
             with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-                result = handle(message["event"], message["ctx"])
+                result = handle(message["event"], ctx)
             json.dumps(result)
-            reply = {"ok": True, "result": result}
+            reply = {"ok": True, "result": result, "events": ctx.emitted}
         except MemoryError:
             captured = io.StringIO()  # free what is possible before answering
             reply = {"ok": False, "error": "MemoryError: the function ran out of memory"}
