@@ -319,8 +319,15 @@ class RoostClient:
                     yield chunk
 
         params = {"k": code[0], "n": code[1]} if code else None
+        # Its size up front: a put past the tenant's quota is refused before it is sent.
+        headers = {"content-length": str(file.stat().st_size)}
         result: dict[str, Any] = self._call(
-            "PUT", f"/v1/store/{bucket}/{name}", timeout=600, content=chunks(), params=params
+            "PUT",
+            f"/v1/store/{bucket}/{name}",
+            timeout=600,
+            content=chunks(),
+            params=params,
+            headers=headers,
         )
         return result
 
@@ -368,6 +375,25 @@ class RoostClient:
 
     def delete_object(self, bucket: str, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("DELETE", f"/v1/store/{bucket}/{name}")
+        return result
+
+    def store_usage(self, tenant: str = "") -> dict[str, Any]:
+        """The tenant's objects and bytes, per device too, and its quota (another tenant's:
+        the owner only)."""
+        params = {"tenant": tenant} if tenant else None
+        result: dict[str, Any] = self._call("GET", "/v1/store/usage", params=params)
+        return result
+
+    def set_store_quota(self, quota_bytes: int | None, tenant: str = "") -> dict[str, Any]:
+        """Set a tenant's storage quota (None: no limit); the owner only. Answers its usage."""
+        body = {"tenant": tenant, "quota_bytes": quota_bytes}
+        result: dict[str, Any] = self._call("PUT", "/v1/store/quota", json=body)
+        return result
+
+    def unset_store_quota(self, tenant: str = "") -> dict[str, Any]:
+        """Give a tenant the hub's default storage quota again; the owner only."""
+        params = {"tenant": tenant} if tenant else None
+        result: dict[str, Any] = self._call("DELETE", "/v1/store/quota", params=params)
         return result
 
     # -- apps ----------------------------------------------------------------------------

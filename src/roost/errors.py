@@ -48,7 +48,9 @@ prints ``str(error)`` as one line and exits non-zero, the API maps ``status`` to
         ├── ShareCorruptError    a share whose BLAKE3 hash is not the manifest's (names it)
         ├── NotEnoughSharesError fewer than k good shares of a segment (names the missing)
         ├── DecryptionError      verified shares that do not open with the data key
-        └── PlacementError       too few devices for the code, or a code that cannot fit
+        ├── PlacementError       too few devices for the code, or a code that cannot fit
+        └── QuotaExceededError   a put that would take the tenant past its storage quota
+                                 (413; names the object, its size, the usage and quota)
 """
 
 from __future__ import annotations
@@ -287,3 +289,16 @@ class DecryptionError(StorageError):
 
 class PlacementError(StorageError):
     status = 507
+
+
+class QuotaExceededError(StorageError):
+    """A put refused because the tenant's objects would pass its storage quota: 413, the
+    request's content is more than the hub will take for this tenant."""
+
+    status = 413
+
+    def __init__(self, message: str, size: int, used: int, quota: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.used = used
+        self.quota = quota

@@ -176,6 +176,9 @@ class HubSettings(_Settings):
     store_repair_interval_s: float = 60.0
     store_repair_grace_s: float = 3600.0
     store_repair_bytes_per_s: float = 20_000_000.0
+    # Bytes of objects (their own size, not their shares') a tenant may keep in the store,
+    # unless the owner set its own quota (``roost store quota set``); 0: no limit.
+    store_tenant_quota_bytes: int = 0
     # Functions on the hub (``roost.functions``): the most a function may ask for, the
     # warm workers kept in all, and whether a function may ask for the network at all.
     function_max_timeout_s: float = 60.0
@@ -212,6 +215,7 @@ class HubSettings(_Settings):
         "store_repair_interval_s": (0.1, 7 * 24 * 3600),
         "store_repair_grace_s": (0, 365 * 24 * 3600),
         "store_repair_bytes_per_s": (1000, 1e12),
+        "store_tenant_quota_bytes": (0, 1 << 60),
         "function_max_timeout_s": (0.1, 3600),
         "function_max_memory_bytes": (64 * 1024 * 1024, 1 << 40),
         "function_max_concurrency": (1, 1000),

@@ -12,7 +12,8 @@ import typer
 from roost.cli.common import ConfigOpt, JsonOpt, connect, console, print_json
 
 store_app = typer.Typer(
-    help="Storage across the devices: put, get, ls, rm, stat.", no_args_is_help=True
+    help="Storage across the devices: put, get, ls, rm, stat, usage, quota.",
+    no_args_is_help=True,
 )
 
 BucketOpt = Annotated[str, typer.Option("--bucket", "-b", help="the bucket")]
@@ -197,3 +198,94 @@ def stat(
         online = "yes" if s["online"] else "no"
         table.add_row(str(s["index"]), s["device_id"], s["state"], online, str(s["size"]))
     console().print(table)
+
+
+@store_app.command("usage")
+def usage(
+    tenant: Annotated[str, typer.Option(help="another tenant's usage (the hub's owner only)")] = "",
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The tenant's objects and bytes against its quota, and its shares on each device."""
+    from roost.storage.quota import show_size
+
+    with connect(config) as client:
+        info = client.store_usage(tenant)
+    if as_json:
+        print_json(info)
+        return
+    quota = info["quota_bytes"]
+    limit = "no quota" if quota is None else f"quota {show_size(quota)}"
+    source = "" if quota is None and info["quota_from"] == "hub" else f" ({info['quota_from']})"
+    print(
+        f"{info['tenant']}: {info['objects']} object(s), {show_size(info['bytes'])} of "
+        f"{limit}{source}; {show_size(info['raw_bytes'])} in shares on devices"
+    )
+    if info["pending_objects"]:
+        print(f"  puts in progress: {info['pending_objects']}, {show_size(info['pending_bytes'])}")
+    from rich.table import Table
+
+    table = Table()
+    for column in ("DEVICE", "ONLINE", "SHARES", "BYTES", "OFFERED", "FREE"):
+        table.add_column(column)
+    for d in info["devices"]:
+        table.add_row(
+            d["device_id"],
+            "yes" if d["online"] else "no",
+            str(d["shares"]),
+            show_size(d["bytes"]),
+            "-" if d["offered_bytes"] is None else show_size(d["offered_bytes"]),
+            "-" if d["free_bytes"] is None else show_size(d["free_bytes"]),
+        )
+    console().print(table)
+
+
+quota_app = typer.Typer(help="Tenants' storage quotas (the hub's owner).", no_args_is_help=True)
+store_app.add_typer(quota_app, name="quota")
+
+
+@quota_app.command("set")
+def quota_set(
+    size: Annotated[
+        str,
+        typer.Argument(
+            help="bytes of objects the tenant may keep: 500M, 10G, a number of bytes; "
+            "'none' for no limit; 'default' for the hub's store_tenant_quota_bytes"
+        ),
+    ],
+    tenant: Annotated[str, typer.Option(help="the tenant (default: your own)")] = "",
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a tenant's storage quota: puts that would pass it are refused."""
+    default = size.lower() == "default"
+    quota = None if default else _quota(size)
+    with connect(config) as client:
+        info = (
+            client.unset_store_quota(tenant) if default else client.set_store_quota(quota, tenant)
+        )
+    if as_json:
+        print_json(info)
+        return
+    from roost.storage.quota import show_size
+
+    limit = "no limit" if info["quota_bytes"] is None else show_size(info["quota_bytes"])
+    print(
+        f"{info['tenant']}: quota {limit} ({info['quota_from']}), {show_size(info['bytes'])} used"
+    )
+
+
+def _quota(text: str) -> int | None:
+    from roost.apps.manifest import parse_size
+    from roost.errors import BundleError, ValidationError
+
+    if text.lower() == "none":
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        return parse_size(text, "SIZE")
+    except BundleError as err:
+        raise ValidationError(
+            f"{text!r} is not a quota: write 500M, 10G, a number of bytes, none or default"
+        ) from err

@@ -10,6 +10,10 @@ A share row is one share index of an object on one device: ``pending`` while the
 device fetches it, ``stored`` once the device said it has it, ``corrupt`` when what it
 sent back did not match ``hash`` (BLAKE3 of the whole share file), ``failed`` when the
 device could not take it.
+
+A quota row is the owner's choice for one tenant: ``quota_bytes`` the most bytes of
+objects it may keep, NULL for no limit. A tenant without a row has the hub's
+``store_tenant_quota_bytes``. The quota check also locks on this table (``usage.lock``).
 """
 
 from __future__ import annotations
@@ -54,3 +58,11 @@ class ShareRow(Base):
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     hash: Mapped[str] = mapped_column(String(64))
     error: Mapped[str] = mapped_column(Text, default="")
+
+
+class QuotaRow(Base):
+    __tablename__ = "store_quotas"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    quota_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -3,6 +3,10 @@
 Each function is one transaction. Only ``complete`` objects are found by name; a put's
 object is ``pending`` until ``finish_put`` counts enough stored shares, and the next put
 of the same name removes what a put that never finished left (``begin_put``).
+
+A put is checked against the tenant's quota twice, each time holding the tenant's lock
+(``usage.lock``): when it begins, with the size it declared, which its pending object
+reserves; and before its shares are placed, with the size it has.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from roost.storage.keys import KeyRing
 from roost.storage.manifest import Manifest
 from roost.storage.models import ObjectRow, ShareRow
 from roost.storage.placement import repair_threshold
+from roost.storage.quota import Usage, check_put
 from roost.storage.transfer import Answer, online
+from roost.storage.usage import lock, quota_of, usage_of
 
 
 class ShareView(BaseModel):
@@ -156,15 +162,24 @@ def sweep_spool(hub: HubContext) -> None:
 
 
 def begin_put(
-    hub: HubContext, principal: Principal, bucket: str, name: str
-) -> tuple[str, list[Placed]]:
+    hub: HubContext, principal: Principal, bucket: str, name: str, declared: int | None
+) -> tuple[str, list[Placed], int | None, Usage]:
     """A pending object for this put, and the shares of pending leftovers of an earlier
     put of it (a crashed hub, a client gone), whose rows and spool go now. A put of the
-    same name still in progress is one of them: the last put wins."""
+    same name still in progress is one of them: the last put wins.
+
+    The put must fit the tenant's quota with the size it ``declared`` (0 if it did not),
+    which the new object reserves; answers the quota and the usage it was decided on, so
+    the upload can be cut short once it passes them (``QuotaExceededError``).
+    """
     sweep_spool(hub)
     object_id = secrets.token_hex(16)
     leftovers: list[Placed] = []
     with hub.db.session() as session:
+        lock(session, principal.tenant_id)
+        quota, _ = quota_of(session, hub.settings, principal.tenant_id)
+        usage = usage_of(session, principal.tenant_id, utcnow(), (bucket, name))
+        check_put(f"{bucket}/{name}", declared or 0, quota, usage)
         for old in session.scalars(
             select(ObjectRow).where(
                 ObjectRow.tenant_id == principal.tenant_id,
@@ -182,11 +197,25 @@ def begin_put(
                 tenant_id=principal.tenant_id,
                 bucket=bucket,
                 name=name,
+                size=declared or 0,
                 manifest="",
                 wrapped_key=b"",
             )
         )
-    return object_id, leftovers
+    return object_id, leftovers, quota, usage
+
+
+def release(hub: HubContext, object_id: str, forget: bool) -> None:
+    """A put that failed before its shares were placed gives back its reservation; with
+    ``forget`` (refused for the quota) its pending object goes as well."""
+    with hub.db.session() as session:
+        obj = session.get(ObjectRow, object_id)
+        if obj is None or obj.state != "pending":
+            return
+        if forget:
+            drop(session, obj)
+        else:
+            obj.size = 0
 
 
 def record_placement(
@@ -203,9 +232,14 @@ def record_placement(
         principal.tenant_id, object_id, encoder.data_key
     )
     with hub.db.session() as session:
+        lock(session, principal.tenant_id)
         obj = session.get(ObjectRow, object_id)
         if obj is None:
             raise StorageError(f"object {object_id} was replaced while it was being put")
+        # The size it declared may not be the size it has (or it declared none).
+        quota, _ = quota_of(session, hub.settings, principal.tenant_id)
+        usage = usage_of(session, principal.tenant_id, utcnow(), (obj.bucket, obj.name))
+        check_put(f"{obj.bucket}/{obj.name}", manifest.object_size, quota, usage)
         obj.manifest, obj.wrapped_key, obj.size = manifest.to_json(), wrapped, manifest.object_size
         obj.k, obj.n = manifest.k, manifest.n
         return _add_shares(session, object_id, placement, sizes, hashes)

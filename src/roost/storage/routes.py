@@ -19,10 +19,11 @@ A share file holds one share index of every segment, one after the other; its ha
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from starlette.requests import ClientDisconnect
 
 from roost.access import Principal
 from roost.api import HubContext, HubDep, PrincipalDep
-from roost.errors import StorageError, ValidationError
+from roost.errors import QuotaExceededError, StorageError, ValidationError
 from roost.storage import exchange, repair
 from roost.storage.codec import CodecParams, Decoder, Encoder, Share
 from roost.storage.exchange import Spool, collect, delete_shares, need_k
@@ -50,18 +51,22 @@ from roost.storage.objects import (
     mark,
     placed_on,
     record_placement,
+    release,
     shares_of,
     store_dir,
     to_read,
     view,
 )
-from roost.storage.placement import choose_code, place, repair_threshold
+from roost.storage.placement import StorageNode, choose_code, place, repair_threshold
+from roost.storage.quota import check_put
 from roost.storage.transfer import ask_all, online, storage_nodes, timeout_for
+from roost.storage.usage import router as usage_router
 
 router = APIRouter(prefix="/v1")
 # The devices' share routes first: /store/shares/ID must not be taken for a bucket's object.
 router.include_router(exchange.router)
 router.include_router(repair.router)
+router.include_router(usage_router)
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
@@ -87,65 +92,130 @@ async def put_object(
     k: int | None = None,
     n: int | None = None,
 ) -> ObjectView:
-    """Store the request body as ``bucket/name``: sealed, coded and spread over devices."""
+    """Store the request body as ``bucket/name``: sealed, coded and spread over devices.
+
+    Refused (413) if it would take the tenant past its quota, before any share is sent:
+    at once when its ``content-length`` does not fit, else as soon as what arrived does
+    not. The rest of a refused body is read and dropped, so the client gets the answer.
+    """
     _check_names(bucket, name)
     nodes = await run_in_threadpool(storage_nodes, hub, principal.tenant_id)
     code = choose_code(len(nodes), (k, n) if k is not None and n is not None else None)
-    object_id, leftovers = await run_in_threadpool(begin_put, hub, principal, bucket, name)
+    what = f"{bucket}/{name}"
+    body = request.stream()
+    try:
+        object_id, leftovers, quota, usage = await run_in_threadpool(
+            begin_put, hub, principal, bucket, name, _declared(request)
+        )
+    except QuotaExceededError:
+        await _discard(body)
+        raise
     await delete_shares(hub, principal.tenant_id, leftovers)
     encoder = Encoder(CodecParams(*code))
     root = store_dir(hub) / "out" / object_id
-    spool = await run_in_threadpool(Spool, root, code[1])
     try:
-        try:
-            async for chunk in request.stream():
-                # The codec and the disk block; pyeclib holds the GIL only while it codes.
-                await run_in_threadpool(spool.write, await run_in_threadpool(encoder.feed, chunk))
-            await run_in_threadpool(spool.write, await run_in_threadpool(encoder.finish))
-        except ClientDisconnect as err:
-            raise ValidationError(
-                f"the upload of {bucket}/{name} was cut off; it stays pending until a retry"
-            ) from err
-        finally:
-            await run_in_threadpool(spool.close)
-        manifest = encoder.manifest
-        size = max(spool.sizes[: manifest.n])
-        placement = place(object_id, nodes, manifest.n, size)
-        rows = await run_in_threadpool(
-            record_placement,
-            hub,
-            principal,
-            object_id,
-            encoder,
-            placement,
-            spool.sizes,
-            [h.hexdigest() for h in spool.hashes],
+        spool = await run_in_threadpool(Spool, root, code[1])
+        await _receive(
+            what, body, encoder, spool, lambda got: check_put(what, got, quota, usage, so_far=True)
         )
-        asks = [
-            (
-                row.device_id,
-                "share-fetch",
-                {"share": row.id, "size": row.size, "hash": row.hash},
-                timeout_for(hub, row.size),
-            )
-            for row in rows
-        ]
-        answers = await ask_all(hub, principal.tenant_id, asks)
-        threshold = repair_threshold(manifest.k, manifest.n)
-        stored, to_delete, why = await run_in_threadpool(
-            finish_put,
-            hub,
-            principal,
-            object_id,
-            dict(zip([r.id for r in rows], answers, strict=True)),
-            threshold,
-        )
-        await delete_shares(hub, principal.tenant_id, to_delete)
-        if stored is None:
-            raise StorageError(f"{bucket}/{name} was not stored: {why}")
-        return stored
+        return await _place(hub, principal, what, object_id, encoder, spool, nodes)
+    except QuotaExceededError:
+        await _discard(body)
+        await run_in_threadpool(release, hub, object_id, True)
+        raise
+    except Exception:
+        await run_in_threadpool(release, hub, object_id, False)
+        raise
     finally:
         await run_in_threadpool(shutil.rmtree, root, True)
+
+
+async def _receive(
+    what: str,
+    body: AsyncIterator[bytes],
+    encoder: Encoder,
+    spool: Spool,
+    fits: Callable[[int], None],
+) -> None:
+    """Code the body into the spool; ``fits(bytes so far)`` raises once they pass the
+    tenant's quota, before the rest is read."""
+    received = 0
+    try:
+        async for chunk in body:
+            received += len(chunk)
+            fits(received)
+            # The codec and the disk block; pyeclib holds the GIL only while it codes.
+            await run_in_threadpool(spool.write, await run_in_threadpool(encoder.feed, chunk))
+        await run_in_threadpool(spool.write, await run_in_threadpool(encoder.finish))
+    except ClientDisconnect as err:
+        raise ValidationError(
+            f"the upload of {what} was cut off; it stays pending until a retry"
+        ) from err
+    finally:
+        await run_in_threadpool(spool.close)
+
+
+async def _place(
+    hub: HubContext,
+    principal: Principal,
+    what: str,
+    object_id: str,
+    encoder: Encoder,
+    spool: Spool,
+    nodes: list[StorageNode],
+) -> ObjectView:
+    """Place the spooled shares, have the devices fetch them, and complete the object if
+    enough of them are stored."""
+    manifest = encoder.manifest
+    size = max(spool.sizes[: manifest.n])
+    placement = place(object_id, nodes, manifest.n, size)
+    rows = await run_in_threadpool(
+        record_placement,
+        hub,
+        principal,
+        object_id,
+        encoder,
+        placement,
+        spool.sizes,
+        [h.hexdigest() for h in spool.hashes],
+    )
+    asks = [
+        (
+            row.device_id,
+            "share-fetch",
+            {"share": row.id, "size": row.size, "hash": row.hash},
+            timeout_for(hub, row.size),
+        )
+        for row in rows
+    ]
+    answers = await ask_all(hub, principal.tenant_id, asks)
+    threshold = repair_threshold(manifest.k, manifest.n)
+    stored, to_delete, why = await run_in_threadpool(
+        finish_put,
+        hub,
+        principal,
+        object_id,
+        dict(zip([r.id for r in rows], answers, strict=True)),
+        threshold,
+    )
+    await delete_shares(hub, principal.tenant_id, to_delete)
+    if stored is None:
+        raise StorageError(f"{what} was not stored: {why}")
+    return stored
+
+
+def _declared(request: Request) -> int | None:
+    """The body's size, if the client said it (a chunked upload does not)."""
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else None
+
+
+async def _discard(body: AsyncIterator[bytes]) -> None:
+    """Read what is left of a refused upload: a client still sending would otherwise see
+    its connection reset instead of the answer."""
+    with contextlib.suppress(ClientDisconnect):
+        async for _chunk in body:
+            continue
 
 
 @router.get("/store", tags=["store"])
