@@ -54,8 +54,8 @@ def test_functions_through_the_cli_the_http_trigger_and_a_rule(
     greet = tmp_path / "greet.py"
     greet.write_text(GREET)
     deployed = cli_ok(config, "fn", "deploy", str(greet), "--name", "greet", "--timeout", "3s")
-    assert deployed == "function greet version 1 deployed\n"
-    assert "greet  v1  timeout 3s  memory 128M  concurrency 4" in cli_ok(config, "fn", "ls")
+    assert deployed == "function greet version 1 deployed (on hub)\n"
+    assert "greet  v1  on hub  timeout 3s  memory 128M  concurrency 4" in cli_ok(config, "fn", "ls")
 
     invoked = cli_ok(config, "fn", "invoke", "greet", "--data", '"cli"')
     assert json.loads(invoked) == {"hello": "cli", "function": "greet"}

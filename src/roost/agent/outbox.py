@@ -3,6 +3,13 @@
 SQLite in WAL mode, so other processes on the device (``roost agent emit``, apps) can add
 messages while the agent runs. A message stays until the hub acknowledges its ``seq``;
 unacknowledged messages are sent again with a growing delay. Standard library only.
+
+While the device runs edge functions (the ``edge_feed`` value is true), every event put
+in the outbox is also put in ``edge_inbox``, by a trigger in the same transaction
+whichever process writes it: no local event escapes the functions, even one written
+while the agent is down. Events the functions themselves send (source ``functions/...``)
+are not fed back. ``handled`` takes an event out of the inbox and puts what the functions
+made of it in the outbox, in one transaction.
 """
 
 from __future__ import annotations
@@ -26,7 +33,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS edge_inbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS edge_inbox_feed AFTER INSERT ON outbox
+WHEN NEW.kind = 'event'
+    AND EXISTS (SELECT 1 FROM kv WHERE key = 'edge_feed' AND value = 'true')
+    AND coalesce(json_extract(NEW.body, '$.event.source'), '') NOT LIKE 'functions/%'
+BEGIN
+    INSERT INTO edge_inbox (body) VALUES (NEW.body);
+END;
 """
+EDGE_FEED = "edge_feed"
 
 # Resend delays grow to this and stay there.
 MAX_RESEND_S = 300.0
@@ -108,6 +127,39 @@ class Outbox:
     def __len__(self) -> int:
         (count,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
         return int(count)
+
+    # -- the edge functions' inbox --------------------------------------------------------
+
+    def inbox(self, limit: int) -> list[Pending]:
+        """The oldest events waiting for the edge functions."""
+        rows = self._db.execute(
+            "SELECT seq, body FROM edge_inbox ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
+        return [Pending(seq, "event", json.loads(body)) for seq, body in rows]
+
+    def to_inbox(self, body: dict[str, Any]) -> int:
+        """An event for the edge functions only (a cron firing), not for the hub."""
+        cursor = self._db.execute("INSERT INTO edge_inbox (body) VALUES (?)", (json.dumps(body),))
+        return int(cursor.lastrowid or 0)
+
+    def handled(self, seq: int, events: Iterable[dict[str, Any]], now: float) -> None:
+        """Event ``seq`` of the inbox is done: ``events`` (``{"event": ...}`` bodies) go
+        to the outbox and the inbox lets it go, together or not at all."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO outbox (kind, body, created) VALUES ('event', ?, ?)",
+                [(json.dumps(body), now) for body in events],
+            )
+            self._db.execute("DELETE FROM edge_inbox WHERE seq = ?", (seq,))
+            self._db.execute("COMMIT")
+
+    def trim_inbox(self, keep: int) -> int:
+        """Drop the oldest inbox events beyond ``keep``; how many went."""
+        cursor = self._db.execute(
+            "DELETE FROM edge_inbox WHERE seq <= (SELECT max(seq) FROM edge_inbox) - ?", (keep,)
+        )
+        return int(cursor.rowcount or 0)
 
     def get(self, key: str) -> Any:
         row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()

@@ -24,7 +24,7 @@ from roost import __version__
 from roost.agent import facts, selfupdate
 from roost.agent.commands import CommandTable, UnknownCommandError, logs_handler, ping
 from roost.agent.identity import Identity, IdentityStore
-from roost.agent.outbox import Outbox
+from roost.agent.outbox import EDGE_FEED, Outbox
 from roost.agent.shares import ShareCommands, ShareStore
 from roost.errors import RoostError, WireError
 from roost.settings import AgentSettings
@@ -41,16 +41,20 @@ from roost.wire import (
     topics,
 )
 from roost.wire.apps import WantedApp, wanted_apps
+from roost.wire.functions import wanted_functions
 from roost.wire.topics import Down, Up
 
 if TYPE_CHECKING:
     from roost.agent.apps import AppReconciler
+    from roost.agent.edgefns import EdgeFunctions
     from roost.agent.hubapi import Signer
     from roost.agent.updates import HubFetch
 
 log = logging.getLogger("roost.agent")
 
 MAX_DOWN_BYTES = 1024 * 1024
+# The edge functions of the last desired state, kept for a restart while offline.
+FUNCTIONS_KEY = "functions_wanted"
 
 
 def backoff(attempt: int, low: float, high: float) -> float:
@@ -83,6 +87,7 @@ class Agent:
         )
         self.shares.register(self.commands)
         self.apps: AppReconciler | None = None
+        self.edge: EdgeFunctions | None = None
         # A new version of the agent on trial: kept once the hub acknowledges it.
         self._on_trial = selfupdate.is_trial(self.data_dir)
         self._client: Client | None = None
@@ -117,6 +122,7 @@ class Agent:
             asyncio.create_task(self._scrub_loop(), name="scrub"),
         ]
         self._want_apps(stored_apps(self.outbox.get("apps_wanted")))
+        self._want_functions(wanted_functions({"functions": self.outbox.get(FUNCTIONS_KEY)}))
         await self._stop.wait()
         for task in self._tasks:
             task.cancel()
@@ -256,10 +262,13 @@ class Agent:
         self.state = state
         self.desired_version = desired.version
         apps = wanted_apps(wanted)
+        functions = wanted_functions(wanted)
         self.outbox.set("state", state)
         self.outbox.set("desired_version", desired.version)
         self.outbox.set("apps_wanted", {name: app._asdict() for name, app in apps.items()})
+        self.outbox.set(FUNCTIONS_KEY, {name: {"version": v} for name, v in functions.items()})
         self._want_apps(apps)
+        self._want_functions(functions)
         self._report()
         log.info("applied desired state version %s", desired.version)
 
@@ -282,7 +291,7 @@ class Agent:
 
         # The events sockets close after the apps have stopped.
         async with (
-            AppEvents(self.settings, self._wake_outbox.set) as events,
+            AppEvents(self.settings, self._event_stored) as events,
             Supervisor(on_change=status_changed) as sup,
         ):
             self.apps = AppReconciler(
@@ -297,6 +306,46 @@ class Agent:
             )
             self.apps.want(apps)
             await self.apps.run()
+
+    def _event_stored(self) -> None:
+        """An app's event is in the outbox (and the edge functions' inbox)."""
+        self._wake_outbox.set()
+        if self.edge is not None:
+            self.edge.wake()
+
+    def _want_functions(self, functions: dict[str, int]) -> None:
+        """Hand the wanted edge functions over, starting their machinery the first time
+        the device is given one; a device without any never loads it."""
+        if self.edge is not None:
+            self.edge.want(functions)
+        elif functions:
+            self._tasks.append(asyncio.create_task(self._run_functions(functions), name="fns"))
+        else:
+            self.outbox.set(EDGE_FEED, False)
+
+    async def _run_functions(self, functions: dict[str, int]) -> None:
+        from roost.agent.edgefns import EdgeFunctions
+
+        self.edge = EdgeFunctions(
+            self.settings,
+            self.outbox,
+            self._catalog_fetch,
+            self.device_id,
+            on_sent=self._wake_outbox.set,
+            on_change=self._functions_changed,
+        )
+        self.edge.want(functions)
+        await self.edge.run()
+
+    def _functions_changed(self) -> None:
+        """An edge function was installed, refused or let go: report it."""
+        if self.edge is None:
+            return
+        report = self.edge.report()
+        if report != self.state.get("functions"):
+            self.state = {**self.state, "functions": report}
+            self.outbox.set("state", self.state)
+            self._report()
 
     def _confirm_self_update(self) -> None:
         """This agent runs a new version of itself on trial, and it is online: the hub

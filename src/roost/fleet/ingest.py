@@ -29,6 +29,7 @@ from roost.fleet.models import CommandRow, Device
 from roost.fleet.service import desired_message
 from roost.functions import edge
 from roost.wire import Birth, Desired, Event, Heartbeat, Reply, Reported, Status, topics
+from roost.wire.functions import INVOKED
 from roost.wire.topics import Up
 
 log = logging.getLogger("roost.fleet.ingest")
@@ -306,7 +307,7 @@ class Ingest:
             if device_id not in active or tenant is None:
                 continue
             event = message.event
-            if event["type"] == edge.INVOKED:
+            if event["type"] == INVOKED:
                 invoked[tenant, device_id].append(event)
             rows.append(
                 {

@@ -38,15 +38,7 @@ from roost.fleet.service import desired_message
 from roost.functions.models import FunctionRow, FunctionVersion, Invocation
 from roost.functions.service import HUB, RESULT_CHARS
 from roost.wire import Desired
-
-DESIRED_KEY = "functions"
-INVOKED = "roost.function.invoked"
-SOURCE_PREFIX = "functions/"
-
-
-def target_path(name: str, version: int) -> str:
-    """``functions/<name>/<name>-<version>.json``: where a version is in the catalog."""
-    return f"functions/{name}/{name}-{version}.json"
+from roost.wire.functions import DESIRED_KEY, SOURCE_PREFIX, target_path
 
 
 def bundle(row: FunctionRow, stored: FunctionVersion) -> bytes:
@@ -126,9 +118,9 @@ def tenants_with_edge_functions(session: Session) -> list[str]:
 
 def record_invocations(
     session: Session, tenant_id: str, device_id: str, events: Iterable[Mapping[str, Any]]
-) -> int:
+) -> None:
     """Keep the invocations a device reported (``roost.function.invoked`` events), one row
-    per (function, device, key); how many rows were new."""
+    per (function, device, key)."""
     rows = []
     for event in events:
         data = event.get("data")
@@ -136,7 +128,7 @@ def record_invocations(
         if isinstance(data, dict) and source.startswith(SOURCE_PREFIX):
             rows.append((source.removeprefix(SOURCE_PREFIX), str(event.get("id", "")), data))
     if not rows:
-        return 0
+        return
     ids = dict(
         session.execute(
             select(FunctionRow.name, FunctionRow.id).where(
@@ -149,14 +141,13 @@ def record_invocations(
         _invocation(ids[name], device_id, key, data) for name, key, data in rows if name in ids
     ]
     if not values:
-        return 0
+        return
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(Invocation).on_conflict_do_nothing(
         index_elements=["function_id", "device_id", "key"]
     )
-    done = session.execute(statement, values)
-    return int(done.rowcount or 0)  # type: ignore[attr-defined]
+    session.execute(statement, values)
 
 
 def _invocation(

@@ -208,9 +208,9 @@ def deploy(
         raise ValidationError(
             f"function name {name!r} must be lowercase letters, digits, - and _ (at most 63)"
         )
-    limits.check(settings)
     if limits.network and not start.on_hub:
         raise ValidationError("functions on devices get no network; deploy it --on hub")
+    limits.check(settings)
     check_code(files, entry)
     text = json.dumps(dict(files), sort_keys=True)
     row = _find(session, principal.tenant_id, name)
