@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from roost.agent.outbox import MAX_RESEND_S, Outbox
+from roost.agent.outbox import EDGE_FEED, MAX_RESEND_S, Outbox
 from roost.errors import ConfigError
 
 T0 = 1_900_000_000.0
@@ -143,3 +143,36 @@ def test_an_unusable_store_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "agent.db").mkdir()
     with pytest.raises(ConfigError, match="agent's store"):
         Outbox(tmp_path / "agent.db")
+
+
+def test_events_feed_the_edge_inbox_only_while_the_feed_is_on(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "agent.db")
+    other_process = Outbox(tmp_path / "agent.db")
+    outbox.put("event", {"event": {"source": "apps/door", "id": "before"}}, 1.0)
+    outbox.set(EDGE_FEED, True)
+    other_process.put("event", {"event": {"source": "cli", "id": "a"}}, 2.0)
+    outbox.put("reported", {"state": {}}, 3.0)
+    outbox.put("event", {"event": {"source": "functions/door", "id": "own"}}, 4.0)
+    inbox = outbox.inbox(10)
+    assert [item.body["event"]["id"] for item in inbox] == ["a"], (
+        "only events, only after the feed is on, never the functions' own"
+    )
+    outbox.handled(inbox[0].seq, [{"event": {"source": "functions/door", "id": "out"}}], 5.0)
+    assert outbox.inbox(10) == []
+    assert [p.body.get("event", {}).get("id") for p in outbox.due(6.0, 1.0, 10)] == [
+        "before",
+        "a",
+        None,
+        "own",
+        "out",
+    ]
+    outbox.set(EDGE_FEED, False)
+    outbox.put("event", {"event": {"source": "cli", "id": "after"}}, 7.0)
+    assert outbox.inbox(10) == []
+
+
+def test_the_edge_inbox_keeps_its_newest_events(outbox: Outbox) -> None:
+    for n in range(5):
+        outbox.to_inbox({"event": {"id": str(n)}})
+    assert outbox.trim_inbox(2) == 3
+    assert [item.body["event"]["id"] for item in outbox.inbox(10)] == ["3", "4"]
