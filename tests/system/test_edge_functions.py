@@ -133,6 +133,30 @@ def test_an_edge_function_runs_on_its_devices_offline_too_and_reports_once(
     assert _counted(hub) == list(range(1, 7))
     assert len(_invocations(hub)) == 6
 
+    # A cron on the device's clock, every second.
+    tick = tmp_path / "tick.py"
+    tick.write_text("def handle(event, ctx):\n    return [event['type'], ctx['trigger']]\n")
+    cli_ok(
+        config,
+        "fn",
+        "deploy",
+        str(tick),
+        "--name",
+        "tick",
+        "--on",
+        "role=sensor",
+        "--cron",
+        "* * * * * *",
+    )
+    with hub.client() as api:
+        ticks = wait_for(
+            lambda: len(api.function_logs("tick")) >= 2 and api.function_logs("tick"),
+            timeout=30,
+            what="two cron firings on the device",
+        )
+    assert {tuple(t["result"]) for t in ticks} == {("roost.function.cron", "cron")}
+    cli_ok(config, "fn", "rm", "tick")
+
     # Removed: the device lets it go, and door events start nothing any more.
     cli_ok(config, "fn", "rm", "door")
     with hub.client() as api:
