@@ -1,12 +1,24 @@
-"""Where a function runs and what starts it, as written and as placed on devices."""
+"""Where a function runs and what starts it, as written and as placed on devices, and
+the invocations devices report, kept once per key."""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+from sqlalchemy import select
+
+from roost.access.service import Principal, ensure_default_tenant
+from roost.db import Database, utcnow
 from roost.errors import ValidationError
-from roost.functions.edge import wanted
-from roost.functions.service import Start
+from roost.functions.edge import record_invocations, wanted
+from roost.functions.models import Invocation
+from roost.functions.service import Limits, Start, deploy
+from roost.hub.database import migrate
+from roost.settings import HubSettings
+
+OWNER = Principal(tenant_id="default", role="owner", token_id="t")
 
 
 def test_edge_functions_go_to_the_devices_their_selectors_pick() -> None:
@@ -46,3 +58,57 @@ def test_bad_placements_triggers_and_crons_are_named(
 ) -> None:
     with pytest.raises(ValidationError, match=message):
         Start.parse(on, trigger, cron)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'hub.db'}"
+    else:
+        url = request.getfixturevalue("fresh_postgres_db")
+    database = Database(url)
+    migrate(database)
+    with database.session() as session:
+        ensure_default_tenant(session)
+    yield database
+    database.dispose()
+
+
+def _deploy(db: Database, name: str, on: str) -> None:
+    with db.session() as session:
+        deploy(
+            session,
+            OWNER,
+            name,
+            {"main.py": "def handle(event, ctx):\n    return 1\n"},
+            "main",
+            Limits(),
+            HubSettings(),
+            utcnow(),
+            Start.parse(on, None, ""),
+        )
+
+
+def _invoked(name: str, key: str) -> dict[str, object]:
+    return {
+        "id": key,
+        "source": f"functions/{name}",
+        "type": "roost.function.invoked",
+        "data": {"ok": True, "result": 1, "version": 1, "duration_ms": "not a number"},
+    }
+
+
+def test_a_device_reports_each_invocation_once_and_only_of_edge_functions(db: Database) -> None:
+    _deploy(db, "door", "role=sensor")
+    _deploy(db, "greet", "hub")
+    reports = [_invoked("door", "k1"), _invoked("door", "k2"), _invoked("greet", "k1")]
+    for _ in range(2):
+        with db.session() as session:
+            record_invocations(session, "default", "dev1", reports)
+    with db.session() as session:
+        rows = session.scalars(select(Invocation).order_by(Invocation.key)).all()
+        kept = [(r.key, r.device_id, r.trigger, r.duration_ms) for r in rows]
+    assert kept == [("k1", "dev1", "edge", 0.0), ("k2", "dev1", "edge", 0.0)]
+    with db.session() as session:
+        record_invocations(session, "default", "dev2", [_invoked("door", "k1")])
+        assert len(session.scalars(select(Invocation)).all()) == 3, "keys are per device"

@@ -36,7 +36,7 @@ from roost.fleet.models import Device
 from roost.fleet.selectors import Selector
 from roost.fleet.service import desired_message
 from roost.functions.models import FunctionRow, FunctionVersion, Invocation
-from roost.functions.service import HUB, RESULT_CHARS
+from roost.functions.service import HUB, RESULT_CHARS, prune
 from roost.wire import Desired
 from roost.wire.functions import DESIRED_KEY, SOURCE_PREFIX, target_path
 
@@ -129,11 +129,13 @@ def record_invocations(
             rows.append((source.removeprefix(SOURCE_PREFIX), str(event.get("id", "")), data))
     if not rows:
         return
+    # A device speaks for edge functions of its tenant only, never for the hub's.
     ids = dict(
         session.execute(
             select(FunctionRow.name, FunctionRow.id).where(
                 FunctionRow.tenant_id == tenant_id,
                 FunctionRow.name.in_({name for name, _, _ in rows}),
+                FunctionRow.placement != HUB,
             )
         ).all()
     )
@@ -148,6 +150,8 @@ def record_invocations(
         index_elements=["function_id", "device_id", "key"]
     )
     session.execute(statement, values)
+    for function_id in {value["function_id"] for value in values}:
+        prune(session, function_id)
 
 
 def _invocation(

@@ -356,20 +356,25 @@ def record(
     session.add(invocation)
     session.flush()
     if invocation.id % 50 == 0:
-        oldest_kept = session.scalars(
-            select(Invocation.id)
-            .where(Invocation.function_id == row.id)
-            .order_by(Invocation.id.desc())
-            .offset(KEEP_INVOCATIONS - 1)
-            .limit(1)
-        ).first()
-        if oldest_kept is not None:
-            session.execute(
-                delete(Invocation).where(
-                    Invocation.function_id == row.id, Invocation.id < oldest_kept
-                )
-            )
+        prune(session, row.id)
     return invocation
+
+
+def prune(session: Session, function_id: str) -> None:
+    """Keep only the newest KEEP_INVOCATIONS invocations of a function."""
+    oldest_kept = session.scalars(
+        select(Invocation.id)
+        .where(Invocation.function_id == function_id)
+        .order_by(Invocation.id.desc())
+        .offset(KEEP_INVOCATIONS - 1)
+        .limit(1)
+    ).first()
+    if oldest_kept is not None:
+        session.execute(
+            delete(Invocation).where(
+                Invocation.function_id == function_id, Invocation.id < oldest_kept
+            )
+        )
 
 
 def invocations(
