@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from roost.agent.outbox import EDGE_FEED, Outbox, Pending
+from roost.agent.runtime import backoff
 from roost.agent.updates import HubFetch, SignedUpdates
 from roost.atomic import write_atomic
 from roost.errors import RoostError, UpdateError, UpdateRefusedError, ValidationError
@@ -53,6 +54,8 @@ CRON = "roost.function.cron"
 BATCH = 50
 # Look at the inbox this often even unwoken (another process may have written to it).
 POLL_S = 1.0
+# A version the hub could not hand over is fetched again after 1 s, 2 s ... up to this.
+RETRY_MAX_S = 300.0
 # Ids longer than the hub keeps are replaced by their hash.
 MAX_ID = 128
 _FIELDS = ("name", "version", "entry", "files", "timeout_s", "memory_bytes", "concurrency")
@@ -291,12 +294,10 @@ class EdgeFunctions:
                 self._failed[name] = (version, str(err))
                 log.warning("refused edge function %s v%d: %s", name, version, err)
             except UpdateError as err:
-                from roost.agent.runtime import backoff
-
                 self._attempts += 1
-                self._retry_at = time.monotonic() + backoff(self._attempts, 1.0, 300.0)
+                self._retry_at = time.monotonic() + backoff(self._attempts, 1.0, RETRY_MAX_S)
                 log.warning("cannot fetch edge function %s v%d (%s); retrying", name, version, err)
-                return
+                break
             else:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 write_atomic(self.dir / f"{name}.json", raw)
