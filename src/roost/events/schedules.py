@@ -5,11 +5,18 @@ Each function takes an open ``Session`` (the caller commits). ``fire_due`` is wh
 hub's loop calls. A firing's event id is the schedule's id and the time it was due, so
 two hub replicas firing the same schedule store one event; a hub that was down fires a
 schedule once for the latest time it missed, not once per missed time.
+
+A hub function deployed with ``--cron`` owns one schedule (``keep_function_cron``), of
+type ``FUNCTION_CRON_TYPE`` with the function's name as its subject and a name people
+cannot give (``fn:<function>``); the rules runner invokes the function on its events. Its
+function's deploys change it and its removal removes it: ``add`` refuses that type and
+``remove`` refuses such a schedule, saying what to do instead.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import secrets
 from typing import Any
@@ -26,6 +33,10 @@ from roost.events.store import HUB_SOURCE, insert_events
 
 SCHEDULE_SOURCE = f"{HUB_SOURCE}/schedules"
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+# The type of the events of a function's cron, and how its schedule is named (a ":"
+# no schedule name a person gives can have).
+FUNCTION_CRON_TYPE = "roost.function.cron"
+FUNCTION_PREFIX = "fn:"
 # Fired at most this many schedules per pass; the rest are due in the next one.
 BATCH = 500
 
@@ -60,6 +71,10 @@ def add(
     check_cron(cron)
     if not TYPE_RE.fullmatch(event_type):
         raise ValidationError(f"type {event_type[:80]!r} must be letters, digits and . _ : / -")
+    if event_type == FUNCTION_CRON_TYPE:
+        raise ValidationError(
+            f"type {FUNCTION_CRON_TYPE!r} is functions' own: deploy the function with --cron"
+        )
     # The event it will emit is checked now, not when it first fires.
     parse_event(
         {"type": event_type, "subject": subject or None, "data": data},
@@ -109,7 +124,72 @@ def remove(session: Session, principal: Principal, name: str) -> None:
     )
     if row is None:
         raise NotFoundError(f"no schedule named {name!r}")
+    if row.type == FUNCTION_CRON_TYPE:
+        raise ConflictError(
+            f"schedule {name!r} is the cron of function {row.subject!r}: deploy the function "
+            f"again without --cron, or roost fn rm {row.subject}"
+        )
     session.delete(row)
+
+
+def function_schedule_name(function: str) -> str:
+    """``fn:<function>``, cut to the 64 characters a name has (a digest keeps it apart)."""
+    name = FUNCTION_PREFIX + function
+    if len(name) <= 64:
+        return name
+    return f"{name[:55]}~{hashlib.sha256(function.encode()).hexdigest()[:8]}"
+
+
+def _function_schedule(session: Session, tenant_id: str, function: str) -> ScheduleRow | None:
+    return session.scalar(
+        select(ScheduleRow).where(
+            ScheduleRow.tenant_id == tenant_id,
+            ScheduleRow.type == FUNCTION_CRON_TYPE,
+            ScheduleRow.subject == function,
+        )
+    )
+
+
+def keep_function_cron(
+    session: Session,
+    tenant_id: str,
+    function: str,
+    cron: str,
+    created_by: str,
+    now: dt.datetime,
+) -> None:
+    """Make the function's schedule say ``cron`` (``""``: none). An unchanged cron keeps
+    its row, so its next time (and the ids of its events) go on as they were."""
+    if not cron:
+        drop_function_cron(session, tenant_id, function)
+        return
+    check_cron(cron)
+    row = _function_schedule(session, tenant_id, function)
+    if row is None:
+        session.add(
+            ScheduleRow(
+                id="sc" + secrets.token_hex(8),
+                tenant_id=tenant_id,
+                name=function_schedule_name(function),
+                cron=cron,
+                type=FUNCTION_CRON_TYPE,
+                subject=function,
+                data=None,
+                next_at=next_time(cron, now),
+                created_by=created_by,
+                created_at=now,
+            )
+        )
+    elif row.cron != cron:
+        row.cron = cron
+        row.next_at = next_time(cron, now)
+
+
+def drop_function_cron(session: Session, tenant_id: str, function: str) -> None:
+    """Remove the function's schedule, if it has one."""
+    row = _function_schedule(session, tenant_id, function)
+    if row is not None:
+        session.delete(row)
 
 
 def fire_due(session: Session, now: dt.datetime) -> int:

@@ -1,24 +1,37 @@
 """The hub's functions at run time: look a function up, run it in the pool, record it.
 
 ``Functions.invoke`` is what every trigger calls (``roost fn invoke``, ``POST
-/v1/fn/{name}``, a rule's ``invoke`` action); it answers the recorded invocation
-whether the function succeeded or not, and ``NotFoundError`` for a function that is not
-there.
+/v1/fn/{name}``, a rule's ``invoke`` action, which a function's own trigger and cron
+are too); it answers the recorded invocation whether the function succeeded or not, and
+``NotFoundError`` for a function that is not there.
+
+The events a successful invocation emitted (``ctx.emit``) are stored with it, in one
+transaction, from ``roost://functions/<name>``: with an idempotency key (an action's) the
+``n``th has the id ``<key>/<n>``, so an action tried again stores them once; without one
+(``roost fn invoke``, the HTTP trigger) each is new. They are checked like events sent to
+the API; one that is not an event fails the invocation, and none is stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from roost.db import Database, utcnow
+from roost.errors import ValidationError
+from roost.events.cloudevents import parse_event
+from roost.events.store import insert_events
 from roost.functions import service
 from roost.functions.models import Invocation
 from roost.functions.pool import Pool
 from roost.functions.sandbox import working_bwrap
+from roost.functions.triggers import EMIT_SOURCE
 from roost.settings import HubSettings
 
 log = logging.getLogger("roost.functions")
@@ -72,12 +85,22 @@ class Functions:
         if key:
             ctx["key"] = key
         outcome = await self.pool.invoke(code, event, ctx)
+        emitted: list[dict[str, Any]] = []
+        if outcome.ok and outcome.events:
+            try:
+                emitted = emitted_events(
+                    tenant_id, name, key, outcome.events, self.settings.max_payload_bytes, utcnow()
+                )
+            except ValidationError as err:
+                outcome = dataclasses.replace(outcome, ok=False, result=None, error=str(err))
         if not outcome.ok:
             log.info("function %s/%s v%d failed: %s", tenant_id, name, row.version, outcome.error)
 
         def keep() -> Invocation:
             with self.db.session() as session:
                 invocation = service.record(session, row, trigger, outcome, started_at)
+                if emitted:
+                    insert_events(session, emitted)
                 session.flush()
                 session.expunge(invocation)
                 return invocation
@@ -86,3 +109,32 @@ class Functions:
 
     async def retire(self, function_id: str) -> None:
         await self.pool.retire(function_id)
+
+
+def emitted_events(
+    tenant_id: str,
+    name: str,
+    key: str,
+    events: Sequence[Mapping[str, Any]],
+    max_data_bytes: int,
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """Rows for the event store of what function ``name`` emitted; ``ValidationError``
+    names the first that is not an event."""
+    rows = []
+    for index, emitted in enumerate(events):
+        where = f"ctx.emit event {index + 1}"
+        raw = {
+            "id": f"{key}/{index}" if key else str(uuid.uuid4()),
+            "type": emitted.get("type"),
+            "subject": emitted.get("subject") or None,
+            "data": emitted.get("data"),
+        }
+        row = parse_event(raw, tenant_id, max_data_bytes, now, where)
+        if row["type"].startswith("roost."):
+            raise ValidationError(
+                f"{where}.type: {row['type']!r}: roost.* events are the hub's own"
+            )
+        row["source"] = EMIT_SOURCE + name
+        rows.append(row)
+    return rows

@@ -28,6 +28,7 @@ from roost.errors import ConflictError, NotFoundError, ValidationError
 from roost.events.patterns import Trigger
 from roost.events.schedules import check_cron
 from roost.fleet.selectors import Selector
+from roost.functions import triggers
 from roost.functions.models import FunctionRow, FunctionVersion, Invocation
 from roost.functions.pool import Code, Outcome
 from roost.settings import HubSettings
@@ -214,6 +215,7 @@ def deploy(
     check_code(files, entry)
     text = json.dumps(dict(files), sort_keys=True)
     row = _find(session, principal.tenant_id, name)
+    was_started = row is not None and triggers.started(row)
     if row is None:
         row = FunctionRow(
             id=uuid.uuid4().hex,
@@ -248,6 +250,7 @@ def deploy(
         )
     )
     session.flush()
+    triggers.deployed(session, row, was_started, principal.token_id, now)
     return row
 
 
@@ -295,10 +298,12 @@ def versions(session: Session, row: FunctionRow) -> list[FunctionVersion]:
 
 
 def remove(session: Session, principal: Principal, name: str) -> str:
-    """Delete the function, its versions and its invocations; its id (for the pool)."""
+    """Delete the function, its versions, its invocations and its cron's schedule; its id
+    (for the pool)."""
     row = get(session, principal.tenant_id, name)
     for table in (Invocation, FunctionVersion):
         session.execute(delete(table).where(table.function_id == row.id))
+    triggers.removed(session, principal.tenant_id, name)
     session.delete(row)
     return row.id
 

@@ -14,16 +14,22 @@ Delivering the outbox is not this module's job.
   whose windows are not those of the stored cursor (another replica moved it, or its
   own pass failed) loads them from the row before going on.
 - **Rule changes.** A tenant's engine is rebuilt when the count, ids or versions of its
-  rules change; the windows carry over (``dump``/``load`` keeps the unchanged ones).
+  rules change, or the ids or versions of its triggered hub functions; the windows carry
+  over (``dump``/``load`` keeps the unchanged ones).
+- **Functions' triggers.** A hub function with an event trigger or a cron is one or two
+  rules more (``roost.functions.triggers``: ``fn:<name>``, ``fn:<name>@cron``), made from
+  the function when the engine is built: a tenant with such functions and no rules is run
+  too.
 - **Wake-up.** ``run`` waits on an ``asyncio.Event`` the hub sets as soon as a
   transaction that stored events commits (``roost.events.store.when_stored``), and
   polls every ``POLL_S`` for what other replicas stored.
 - **No endless loops.** The runner records no event of its own (no ``roost.rule.fired``):
   one that rules could match would make a rule fire on its own firings; the outbox is the
   record of what fired (``GET /v1/actions``). An ``emit`` action stores a new event whose
-  id is the action's key, and rules see it like any other; so that rules reacting to each
-  other's events (or a rule to its own) cannot go round forever, an event at the end of
-  a chain of ``MAX_CHAIN`` such events is not evaluated.
+  id is the action's key, and rules see it like any other; a hub function invoked by an
+  action stores the events it emits as ``<key>/<n>``. So that rules and functions reacting
+  to each other's events (or one to its own) cannot go round forever, an event at the end
+  of a chain of ``MAX_CHAIN`` such events is not evaluated.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +51,7 @@ from sqlalchemy.orm import Session
 from roost.db import Database, utcnow
 from roost.errors import RuleError
 from roost.events.models import EventRow
+from roost.functions import triggers
 from roost.rules.engine import RULE_SOURCE, Engine
 from roost.rules.models import ActionRow, RuleCursor, RuleRow
 from roost.rules.spec import Rule, parse_rules
@@ -57,9 +65,15 @@ BATCH = 500
 POLL_S = 1.0
 # How often each tenant's idle window groups are dropped.
 EXPIRE_S = 60.0
-# An event emitted by a rule reacting to an event emitted by a rule ... this many times
-# over is not evaluated.
+# An event emitted by a rule (or a function a rule invoked) reacting to an event emitted
+# by a rule ... this many times over is not evaluated.
 MAX_CHAIN = 8
+# Events a rule or a function a rule invoked made, named after the action's key.
+_CHAINED = (RULE_SOURCE, triggers.EMIT_SOURCE)
+_EMITTED_ID = re.compile(r"([0-9a-f]{32})/\d+")
+# Per tenant: its rules (count, sum of row ids, sum of versions) and its triggered hub
+# functions ((id, version) each).
+Signature = tuple[tuple[int, int, int], tuple[tuple[str, int], ...]]
 
 
 @dataclass
@@ -75,7 +89,7 @@ class Progress:
 class _Tenant:
     id: str
     engine: Engine
-    signature: tuple[int, int, int]
+    signature: Signature
     # rule id -> (its YAML, the parsed rule): unchanged rules are not parsed again.
     parsed: dict[str, tuple[str, Rule]]
     # The cursor seq the engine's windows belong to; None: load them from the row.
@@ -167,15 +181,18 @@ class RuleRunner:
     # -- what changed --------------------------------------------------------------------
 
     @staticmethod
-    def _signatures(session: Session) -> dict[str, tuple[int, int, int]]:
-        """Per tenant with rules: count, sum of row ids, sum of versions. Every change of a
-        rule bumps its version; an added rule's id is larger than any removed one's."""
+    def _signatures(session: Session) -> dict[str, Signature]:
+        """Per tenant with rules or triggered hub functions: the rules' count, sum of row
+        ids and sum of versions (every change of a rule bumps its version; an added rule's
+        id is larger than any removed one's), and the functions' ids and versions."""
         rows = session.execute(
             select(
                 RuleRow.tenant_id, func.count(), func.sum(RuleRow.id), func.sum(RuleRow.version)
             ).group_by(RuleRow.tenant_id)
         )
-        return {t: (int(n), int(ids), int(versions)) for t, n, ids, versions in rows}
+        rules = {t: (int(n), int(ids), int(versions)) for t, n, ids, versions in rows}
+        functions = triggers.signatures(session)
+        return {t: (rules.get(t, (0, 0, 0)), functions.get(t, ())) for t in rules | functions}
 
     def _new_events(self, session: Session) -> set[str]:
         """The tenants with events stored since the last pass (all of them at first: a
@@ -194,16 +211,16 @@ class RuleRunner:
             )
         )
 
-    def _build(
-        self, tenant_id: str, signature: tuple[int, int, int], old: _Tenant | None
-    ) -> _Tenant:
-        """The tenant's engine for its current rules, keeping the windows it had."""
+    def _build(self, tenant_id: str, signature: Signature, old: _Tenant | None) -> _Tenant:
+        """The tenant's engine for its current rules and triggered hub functions, keeping
+        the windows it had."""
         with self.db.session() as session:
             rows = session.execute(
                 select(RuleRow.rule_id, RuleRow.source, RuleRow.enabled)
                 .where(RuleRow.tenant_id == tenant_id)
                 .order_by(RuleRow.id)
             ).all()
+            functions = triggers.tenant_rules(session, tenant_id)
             if old is None:
                 _ensure_cursor(session, tenant_id)
         cache = old.parsed if old is not None else {}
@@ -221,13 +238,19 @@ class RuleRunner:
                     continue
             parsed[rule_id] = (source, rule)
             rules.append(dataclasses.replace(rule, enabled=enabled))
-        engine = Engine(rules, self.limits)
+        engine = Engine([*rules, *functions], self.limits)
         tenant = _Tenant(tenant_id, engine, signature, parsed, expire_at=self.clock())
         if old is not None:
             if old.seq is not None:
                 engine.load(old.engine.dump())
             tenant.seq, tenant.pending, tenant.expire_at = old.seq, old.pending, old.expire_at
-        log.info("rules of tenant %s: %d enabled of %d", tenant_id, len(engine.rules), len(rows))
+        log.info(
+            "rules of tenant %s: %d enabled of %d, and %d of functions' triggers",
+            tenant_id,
+            len(engine.rules) - len(functions),
+            len(rows),
+            len(functions),
+        )
         return tenant
 
     # -- one tenant's pass ---------------------------------------------------------------
@@ -296,9 +319,10 @@ class RuleRunner:
         counted = False
         engine = tenant.engine
         for row in rows:
-            if row.source.startswith(RULE_SOURCE) and _chain(session, row) >= MAX_CHAIN:
+            if row.source.startswith(_CHAINED) and _chain(session, row) >= MAX_CHAIN:
                 log.warning(
-                    "event %s is the %dth in a chain of rules' events; not evaluated",
+                    "event %s is the %dth in a chain of rules' and functions' events; "
+                    "not evaluated",
                     row.event_id,
                     MAX_CHAIN,
                 )
@@ -338,13 +362,16 @@ class _CursorMoved(Exception):
 
 
 def _chain(session: Session, row: EventRow) -> int:
-    """How many rules' ``emit`` actions led to this event, up to ``MAX_CHAIN``: each such
-    event's id is the key of the action that made it, whose event may be one too."""
+    """How many actions led to this event, up to ``MAX_CHAIN``: the id of an event a rule's
+    ``emit`` made is the action's key, of one a function made ``<key>/<n>`` (the key of
+    the ``invoke`` action); that action's event may be one too."""
     depth, event_id = 0, row.event_id
     while depth < MAX_CHAIN:
+        emitted = _EMITTED_ID.fullmatch(event_id)
+        key = emitted.group(1) if emitted else event_id
         found = session.scalar(
             select(ActionRow.event_id).where(
-                ActionRow.tenant_id == row.tenant_id, ActionRow.key == event_id
+                ActionRow.tenant_id == row.tenant_id, ActionRow.key == key
             )
         )
         if found is None:
