@@ -38,10 +38,16 @@ ECHO = "def handle(event, ctx):\n    return event\n"
 _seq = iter(range(1, 1_000_000))
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    """A database file, so that the runner's and the functions' threads share it."""
-    database = Database(f"sqlite:///{tmp_path / 'hub.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A database the runner's and the functions' threads share: a SQLite file, or a
+    PostgreSQL database of the test's own (which holds strings to their lengths)."""
+    url = (
+        f"sqlite:///{tmp_path / 'hub.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("fresh_postgres_db")
+    )
+    database = Database(url)
     Base.metadata.create_all(database.engine)
     with database.session() as session:
         ensure_default_tenant(session)
@@ -393,3 +399,19 @@ async def test_an_invocation_stores_its_events_once_per_key(db: Database, tmp_pa
         ("a" * 32 + "/0", "roost://functions/alarm", {"n": 1})
     ]
     assert len(stored) == 3, "once per key; each invocation without one; none of a failed one"
+
+
+def test_the_longest_name_fits_the_schedules_and_the_outbox(db: Database) -> None:
+    name = "n" * 63
+    deploy(db, name, {"type": ["app.door.*"]}, cron="* * * * *")
+    runner = RuleRunner(db)
+    runner.run_once()
+    store(db, event("app.door.opened"))
+    with db.session() as session:
+        assert schedules.fire_due(session, T0 + dt.timedelta(minutes=1)) == 1
+    runner.run_once()
+    assert sorted(a.rule_id for a in outbox(db)) == sorted(
+        [triggers.rule_id(name), triggers.rule_id(name, cron=True)]
+    )
+    (row,) = function_schedules(db)
+    assert row.name == schedules.function_schedule_name(name)

@@ -96,6 +96,8 @@ def test_function_triggers_crons_and_emitted_events(
     assert ran["result"] == {"type": "app.door.opened", "key": action["key"]}
     assert action["kind"] == "invoke"
     assert "door app.door.opened {'door': 'front'}" in cli_ok(config, "fn", "logs", "door")
+    (listed,) = cli_ok(config, "rules", "actions", "--rule", "fn:door").splitlines()
+    assert ' fn:door invoke {"function": "door", "input": {' in listed
 
     # -- a cron ---------------------------------------------------------------------------
     every_second = ("--cron", "* * * * * *")
