@@ -14,6 +14,11 @@ device could not take it.
 A quota row is the owner's choice for one tenant: ``quota_bytes`` the most bytes of
 objects it may keep, NULL for no limit. A tenant without a row has the hub's
 ``store_tenant_quota_bytes``. The quota check also locks on this table (``usage.lock``).
+
+A repair lease row says which hub process (``holder``) is rebuilding an object, until
+``expires_at``; it is taken, renewed and released by ``roost.storage.lease`` so that hub
+replicas on one database never rebuild the same object at once. It has no foreign key:
+a lease outlives nothing but its own expiry, whatever happens to the object.
 """
 
 from __future__ import annotations
@@ -66,3 +71,11 @@ class QuotaRow(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
     quota_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class RepairLeaseRow(Base):
+    __tablename__ = "store_repair_leases"
+
+    object_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[dt.datetime] = mapped_column()

@@ -10,6 +10,11 @@ effort). ``POST /v1/store/drain/DEVICE`` (``roost store drain``) does the same f
 object with a share on a device, counting that device's shares as gone and placing
 nothing on it, and marks it draining so it takes no new shares. ``roost.storage.upkeep``
 runs ``rebuild`` by itself for objects that need it.
+
+One rebuild of an object runs at a time, in a hub and across hubs on one database: a
+lock per object in this process (a drain, a repair on demand and the loop may meet, and
+wait for each other without a database round trip), then the object's repair lease in
+the database (``roost.storage.lease``), which keeps other hub replicas out.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from roost.errors import RoostError
 from roost.fleet.service import desired_message, set_labels
 from roost.storage.codec import Share, rebuild_shares
 from roost.storage.exchange import Spool, collect, delete_shares, need_k
+from roost.storage.lease import HOLDER, holding
 from roost.storage.manifest import Manifest
 from roost.storage.models import ObjectRow, ShareRow
 from roost.storage.objects import (
@@ -48,6 +54,10 @@ from roost.storage.transfer import DRAIN_LABEL, ask_all, online, storage_nodes, 
 from roost.wire import Desired
 
 router = APIRouter()  # under /v1, through roost.storage.routes
+
+# How long a repair on demand or a drain waits for another hub's rebuild of an object to
+# end before it gives up with one line (the repair loop does not wait: it skips).
+REPAIR_WAIT_S = 60.0
 
 
 def _rebuild(manifest: Manifest, arrived: dict[int, Path], wanted: list[int], root: Path) -> Spool:
@@ -71,20 +81,33 @@ async def rebuild(
     obj: ObjectRow,
     manifest: Manifest,
     leaving: Collection[str] = (),
+    *,
+    wait_s: float = REPAIR_WAIT_S,
+    holder: str = HOLDER,
 ) -> int:
     """Rebuild and re-place every share of ``obj`` not stored on an online device (or on
     the devices ``leaving``, which get none); answers how many shares were moved.
 
-    One rebuild of an object at a time in this hub (a drain, ``roost store repair`` and
-    the repair loop may meet): the next one starts from the shares the first left."""
-    lock = _rebuilding.setdefault(obj.id, asyncio.Lock())
-    async with lock:
+    One rebuild of an object at a time (see the module's doc): another in this hub is
+    waited for; another hub's for up to ``wait_s``, then ``ConflictError``. The next one
+    starts from the shares the first left. ``holder`` is this hub process in the lease
+    (tests play two hubs in one process with two holders)."""
+
+    async def now() -> int:
         current = await run_in_threadpool(_shares_now, hub, obj.id)
         return await _rebuild_locked(hub, tenant, obj, manifest, current, leaving)
 
+    what = f"{obj.bucket}/{obj.name}"
+    async with _rebuilding.setdefault((holder, obj.id), asyncio.Lock()):
+        return await holding(hub.db, obj.id, what, now, holder=holder, wait_s=wait_s)
 
-# Locks of the objects being rebuilt; each goes when no rebuild holds it any more.
-_rebuilding: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+# Locks of the objects being rebuilt, by holder and object; each goes when no rebuild
+# holds it any more. One holder's rebuilds share its lease, so this lock is what keeps
+# two of them (a drain and the loop in one hub) apart.
+_rebuilding: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+    weakref.WeakValueDictionary()
+)
 
 
 def _shares_now(hub: HubContext, object_id: str) -> list[ShareRow]:

@@ -17,6 +17,11 @@ revoked, draining and long-gone devices leaving. After each object the loop wait
 as moving its rebuilt shares takes at ``store_repair_bytes_per_s``, so repair never
 floods the hub's or the devices' links. A device offline for less than the grace is
 left alone: a reboot does not move its shares.
+
+With several hub replicas on one database every replica runs this loop; an object whose
+repair lease another hub holds (``roost.storage.lease``) is skipped, without waiting and
+without counting as a failure: the other hub is repairing it, and the next pass sees
+what it left.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from sqlalchemy import select
 
 from roost.api import HubContext
 from roost.db import Database, utcnow
-from roost.errors import RoostError
+from roost.errors import ConflictError, RoostError
 from roost.fleet.models import Device
+from roost.storage import lease
 from roost.storage.manifest import Manifest
 from roost.storage.models import ObjectRow, ShareRow
 from roost.storage.objects import shares_of
@@ -141,6 +147,11 @@ class Backoff:
         self._next = {k: v for k, v in self._next.items() if k in object_ids}
 
 
+def _sweep_leases(db: Database) -> None:
+    with db.session() as session:
+        lease.sweep(session, lease.db_now(session))
+
+
 async def repair_pass(hub: HubContext, backoff: Backoff | None = None) -> int:
     """Repair every object that needs it, one at a time at the configured rate; answers
     how many shares were moved. An object that cannot be repaired now (fewer than k of
@@ -148,6 +159,7 @@ async def repair_pass(hub: HubContext, backoff: Backoff | None = None) -> int:
     tried again later, else at the next pass."""
     moved = 0
     grace = hub.settings.store_repair_grace_s
+    await run_in_threadpool(_sweep_leases, hub.db)
     found = await run_in_threadpool(due_for_repair, hub.db, grace)
     if backoff is not None:
         backoff.keep_only({due.object_id for due in found})
@@ -159,7 +171,10 @@ async def repair_pass(hub: HubContext, backoff: Backoff | None = None) -> int:
         obj, manifest, shares = loaded
         what = f"{obj.bucket}/{obj.name}"
         try:
-            count = await rebuild(hub, due.tenant_id, obj, manifest, due.leaving)
+            count = await rebuild(hub, due.tenant_id, obj, manifest, due.leaving, wait_s=0)
+        except ConflictError as err:  # another hub holds its lease: it is being repaired
+            log.info("skipping %s (%s) in this pass: %s", what, due.why, err)
+            continue
         except RoostError as err:
             wait = backoff.failed(due.object_id, time.monotonic()) if backoff else 0.0
             log.warning("cannot repair %s (%s) now (next try in %gs): %s", what, due.why, wait, err)
