@@ -415,3 +415,19 @@ def test_the_longest_name_fits_the_schedules_and_the_outbox(db: Database) -> Non
     )
     (row,) = function_schedules(db)
     assert row.name == schedules.function_schedule_name(name)
+
+
+def test_a_first_rule_does_not_skip_events_waiting_for_a_trigger(db: Database) -> None:
+    deploy(db, "greet", {"type": ["app.door.*"]})
+    opened = event("app.door.opened")
+    store(db, opened)  # stored, not yet evaluated
+    with db.session() as session:
+        rules.apply(
+            session,
+            OWNER,
+            "id: r\ntrigger: {type: x}\nactions: [{kind: emit, type: y}]\n",
+            "r.yaml",
+            T0,
+        )
+    RuleRunner(db).run_once()
+    assert [(a.rule_id, a.event_id) for a in outbox(db)] == [("fn:greet", opened["id"])]

@@ -28,6 +28,7 @@ from roost.access import Principal
 from roost.errors import ConflictError, NotFoundError, RuleError, ValidationError
 from roost.events.models import EventRow
 from roost.functions import service as functions
+from roost.functions import triggers
 from roost.rules.dryrun import Report, dry_run
 from roost.rules.models import ActionRow, RuleCursor, RuleRow
 from roost.rules.source import PathKey, Source
@@ -124,7 +125,10 @@ def apply(
             f"a tenant may have at most {MAX_TENANT_RULES} rules; it has {held}, "
             f"and the file adds {added}"
         )
-    _start_cursor(session, tenant, restart=held == 0, now=now)
+    # A tenant's first rules start at the newest event, unless its functions' triggers
+    # already follow the cursor: then no event waiting for them may be skipped.
+    restart = held == 0 and not triggers.tenant_rules(session, tenant)
+    _start_cursor(session, tenant, restart=restart, now=now)
     applied = []
     for rule, source in zip(rules, sources, strict=True):
         row = existing.get(rule.id)
