@@ -80,7 +80,9 @@ class Functions:
 
         row, code = await asyncio.to_thread(load)
         started_at = utcnow()
-        event = data if trigger == "rule" else {"type": f"roost.function.{trigger}", "data": data}
+        # A rule's or a trigger's input is the event (or what the rule made of it).
+        from_events = trigger in ("rule", "event", "cron")
+        event = data if from_events else {"type": f"roost.function.{trigger}", "data": data}
         ctx = {"function": name, "version": row.version, "tenant": tenant_id, "trigger": trigger}
         if key:
             ctx["key"] = key

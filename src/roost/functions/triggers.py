@@ -64,6 +64,14 @@ def rule_id(name: str, cron: bool = False) -> str:
     return f"{PREFIX}{name[:keep]}~{digest}{suffix}"
 
 
+def started_by(rule: str) -> str:
+    """What a rule's ``invoke`` started, as ``ctx["trigger"]`` says it: ``cron`` or
+    ``event`` for a function's own rules, ``rule`` for a written one."""
+    if not rule.startswith(PREFIX):
+        return "rule"
+    return "cron" if rule.endswith(CRON_SUFFIX) else "event"
+
+
 def rules_of(name: str, trigger: Trigger | None, cron: str) -> list[Rule]:
     """The rules that start hub function ``name``: its trigger's, and its cron's."""
     found = []

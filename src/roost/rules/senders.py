@@ -32,6 +32,7 @@ from roost.events.cloudevents import MAX_SUBJECT, MAX_TYPE, TYPE_RE
 from roost.events.store import insert_events
 from roost.fleet.models import CommandRow, Device
 from roost.fleet.selectors import Selector
+from roost.functions import triggers
 from roost.rules.actions import KINDS
 from roost.rules.engine import RULE_SOURCE
 from roost.rules.secrets import SecretStore
@@ -331,7 +332,11 @@ class Senders:
         name = str(_field(action, "function"))
         try:
             invocation = await self.invoke_function(
-                action.tenant_id, name, _field(action, "input"), "rule", action.key
+                action.tenant_id,
+                name,
+                _field(action, "input"),
+                triggers.started_by(action.rule_id),
+                action.key,
             )
         except (NotFoundError, ConflictError) as err:  # gone, or it runs on devices
             raise _permanent(str(err)) from None
