@@ -19,6 +19,7 @@ prints ``str(error)`` as one line and exits non-zero, the API maps ``status`` to
     ├── ForbiddenError           credentials fine, action not allowed (403)
     ├── NotFoundError            a device, command, tenant ... that is not there (404)
     ├── ConflictError            a name already taken (409)
+    │   └── RepairBusyError      another hub holds an object's repair lease
     ├── ValidationError          bad input from a person (400/422)
     │   └── EventRefusedError    an app's event the device's agent did not take (names why;
     │                            ``retry_after`` when sending it again later can work)
@@ -121,6 +122,10 @@ class NotFoundError(RoostError):
 
 class ConflictError(RoostError):
     status = 409
+
+
+class RepairBusyError(ConflictError):
+    """Another hub replica is repairing the object (it holds the object's repair lease)."""
 
 
 class ValidationError(RoostError):

@@ -20,7 +20,7 @@ import roost.hub.core  # noqa: F401  (imports every model onto Base.metadata)
 from roost.access.service import ensure_default_tenant
 from roost.api import HubContext
 from roost.db import Database, utcnow
-from roost.errors import ConflictError, PlacementError
+from roost.errors import PlacementError, RepairBusyError
 from roost.fleet.models import Device
 from roost.hub.database import migrate
 from roost.settings import HubSettings
@@ -309,7 +309,7 @@ async def test_a_second_hub_that_will_not_wait_is_told_another_is_repairing(
         first = asyncio.create_task(_rebuild_as(hub, "hub-a"))
         await transfer.entered.wait()
         with pytest.raises(
-            ConflictError, match=r"^another hub is repairing b/o; try again shortly$"
+            RepairBusyError, match=r"^another hub is repairing b/o; try again shortly$"
         ):
             await _rebuild_as(hub, "hub-b")
         transfer.go.set()
@@ -441,7 +441,7 @@ async def test_a_rebuild_that_loses_its_lease_is_stopped_with_one_line(db: Datab
 
     async with asyncio.timeout(20):
         with pytest.raises(
-            ConflictError, match=r"^the repair of b/o stopped: .*try again shortly$"
+            RepairBusyError, match=r"^the repair of b/o stopped: .*try again shortly$"
         ):
             await lease.holding(db, "o", "b/o", rebuild_forever, holder="hub-a", ttl_s=0.2)
     assert stopped.is_set()
@@ -461,7 +461,7 @@ async def test_a_rebuild_that_cannot_renew_its_lease_stops_before_it_ends(
 
     monkeypatch.setattr(lease, "_renew", database_gone)
     async with asyncio.timeout(20):
-        with pytest.raises(ConflictError, match=r"^the repair of b/o stopped: "):
+        with pytest.raises(RepairBusyError, match=r"^the repair of b/o stopped: "):
             await lease.holding(db, "o", "b/o", rebuild_forever, holder="hub-a", ttl_s=0.4)
     assert _lease(db) is None, "released as it stopped"
 

@@ -39,7 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from roost.db import Database, utcnow
-from roost.errors import ConflictError
+from roost.errors import RepairBusyError
 from roost.storage.models import RepairLeaseRow
 
 log = logging.getLogger("roost.storage.lease")
@@ -230,14 +230,14 @@ async def holding(
 ) -> T:
     """Run ``work()`` holding the object's repair lease (``what`` names the object for
     people); its answer. Waits up to ``wait_s`` for another holder's lease to end, then
-    raises ``ConflictError``; ``work`` is cancelled and ``ConflictError`` raised if the
+    raises ``RepairBusyError``; ``work`` is cancelled and ``RepairBusyError`` raised if the
     lease is lost while it runs. The lease is released however ``work`` ends.
 
     ``work`` runs as a task of its own so that losing the lease cancels it alone, never
     the caller (whose own cancellation still reaches ``work``)."""
     taken_at = await _take(db, object_id, holder, ttl_s, wait_s)
     if taken_at is None:
-        raise ConflictError(f"another hub is repairing {what}; try again shortly")
+        raise RepairBusyError(f"another hub is repairing {what}; try again shortly")
     state = _Lost()
     job = asyncio.create_task(work())
     renewer = asyncio.create_task(_keep(db, object_id, holder, ttl_s, taken_at + ttl_s, job, state))
@@ -247,7 +247,7 @@ async def holding(
         caller = asyncio.current_task()
         if not state.lost or (caller is not None and caller.cancelling()):
             raise
-        raise ConflictError(
+        raise RepairBusyError(
             f"the repair of {what} stopped: this hub could not keep its lease, so another "
             "hub may repair it; try again shortly"
         ) from None

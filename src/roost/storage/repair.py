@@ -89,7 +89,7 @@ async def rebuild(
     the devices ``leaving``, which get none); answers how many shares were moved.
 
     One rebuild of an object at a time (see the module's doc): another in this hub is
-    waited for; another hub's for up to ``wait_s``, then ``ConflictError``. The next one
+    waited for; another hub's for up to ``wait_s``, then ``RepairBusyError``. The next one
     starts from the shares the first left. ``holder`` is this hub process in the lease
     (tests play two hubs in one process with two holders)."""
 

@@ -37,7 +37,7 @@ from sqlalchemy import select
 
 from roost.api import HubContext
 from roost.db import Database, utcnow
-from roost.errors import ConflictError, RoostError
+from roost.errors import RepairBusyError, RoostError
 from roost.fleet.models import Device
 from roost.storage import lease
 from roost.storage.manifest import Manifest
@@ -172,7 +172,7 @@ async def repair_pass(hub: HubContext, backoff: Backoff | None = None) -> int:
         what = f"{obj.bucket}/{obj.name}"
         try:
             count = await rebuild(hub, due.tenant_id, obj, manifest, due.leaving, wait_s=0)
-        except ConflictError as err:  # another hub holds its lease: it is being repaired
+        except RepairBusyError as err:  # another hub holds its lease: it is being repaired
             log.info("skipping %s (%s) in this pass: %s", what, due.why, err)
             continue
         except RoostError as err:
