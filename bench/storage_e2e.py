@@ -22,12 +22,15 @@ import argparse
 import filecmp
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from subprocess import Popen
 from typing import Any
+
+import psutil
 
 from roost.client import RoostClient
 from roost.errors import RoostError
@@ -44,6 +47,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--code", default="", help="K-of-N instead of the fleet's default")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--json-out", type=Path, help="also write the JSON to this file")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record py-spy stacks (collapsed, CPU only) of the hub and agent0 per phase here",
+    )
     return parser.parse_args()
 
 
@@ -95,20 +103,104 @@ def wait_offering(api: RoostClient, count: int) -> None:
         time.sleep(0.5)
 
 
-def timed(size: int, meters: dict[str, Meter], run: Callable[[], object]) -> dict[str, Any]:
+class Profiler:
+    """py-spy on some processes during a phase (``--profile``): collapsed stacks, a file each."""
+
+    def __init__(self, directory: Path | None, pids: dict[str, int]) -> None:
+        self.directory, self.pids = directory, pids
+        self._running: list[Popen[bytes]] = []
+        self._phase, self._threads = "", dict[str, dict[str, float]]()
+
+    def start(self, phase: str) -> None:
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        spy = Path(sys.executable).with_name("py-spy")
+        for name, pid in self.pids.items():
+            out = self.directory / f"{phase}-{name}.txt"
+            argv = [str(spy), "record", "--pid", str(pid), "--rate", "200", "--threads"]
+            argv += ["--nonblocking", "--format", "raw", "--output", str(out)]
+            self._running.append(spawn(argv, out.with_suffix(".log")))
+        time.sleep(1)  # py-spy attaches
+        self._phase, self._threads = (
+            phase,
+            {name: _thread_cpu(pid) for name, pid in self.pids.items()},
+        )
+
+    def stop(self) -> None:
+        if self.directory is None:
+            return
+        for proc in self._running:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+        self._running = []
+        # CPU seconds of each thread over the phase: is one thread (the event loop) the limit?
+        spent = {}
+        for name, pid in self.pids.items():
+            after, before = _thread_cpu(pid), self._threads[name]
+            spent[name] = {t: round(cpu - before.get(t, 0.0), 3) for t, cpu in after.items()}
+        out = self.directory / f"{self._phase}-threads.json"
+        out.write_text(json.dumps(spent, indent=2))
+
+
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of ``pid``, by name and id."""
+    found = {}
+    for thread in psutil.Process(pid).threads():
+        try:
+            name = Path(f"/proc/{pid}/task/{thread.id}/comm").read_text().strip()
+        except OSError:
+            continue
+        found[f"{name}-{thread.id}"] = thread.user_time + thread.system_time
+    return found
+
+
+def timed(
+    size: int,
+    meters: dict[str, Meter],
+    run: Callable[[], object],
+    profiler: Profiler | None = None,
+    phase: str = "",
+) -> dict[str, Any]:
     """Run ``run``; its time, MB/s of ``size`` bytes and the CPU the meters saw."""
+    if profiler is not None:
+        profiler.start(phase)
     for meter in meters.values():
         meter.start()
+    kernel = {name: _system_s(m.pid) for name, m in meters.items()}
     started = time.monotonic()
-    run()
-    seconds = time.monotonic() - started
+    try:
+        run()
+    finally:
+        seconds = time.monotonic() - started
+        if profiler is not None:
+            profiler.stop()
     read = {name: m.read()["cpu_percent"] for name, m in meters.items()}
     agents = round(sum(v for k, v in read.items() if k != "hub"), 1)
+    kernel = {name: _system_s(m.pid) - kernel[name] for name, m in meters.items()}
+    kernel_agents = sum(v for k, v in kernel.items() if k != "hub")
+    megabytes = size / 1e6
     return {
         "s": round(seconds, 2),
-        "mb_s": round(size / 1e6 / seconds, 1),
+        "mb_s": round(megabytes / seconds, 1),
         "cpu_percent": {"hub": read["hub"], "agents_sum": agents},
+        # CPU time per MB of the object: what the work costs, whatever else the machine ran.
+        "cpu_ms_per_mb": {
+            "hub": round(read["hub"] * 10 * seconds / megabytes, 2),
+            "agents_sum": round(agents * 10 * seconds / megabytes, 2),
+        },
+        # Of which in the kernel (TCP on loopback, page cache, disk): the rest is Python,
+        # TLS, the codec and hashing in user space.
+        "kernel_ms_per_mb": {
+            "hub": round(kernel["hub"] * 1000 / megabytes, 2),
+            "agents_sum": round(kernel_agents * 1000 / megabytes, 2),
+        },
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
+
+
+def _system_s(pid: int) -> float:
+    return float(psutil.Process(pid).cpu_times().system)
 
 
 def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -129,11 +221,14 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             meters = {"hub": Meter(hub.pid)}
             meters |= {f"agent{i}": Meter(p.pid) for i, p in enumerate(agents)}
 
+            profiler = Profiler(args.profile, {"hub": hub.pid, "agent0": agents[0].pid})
             marks = Marks(size)
             result["put"] = timed(
                 size,
                 meters,
                 lambda: api.put_object("bench", "o", source, marks.progress, code=code),
+                profiler,
+                "put",
             )
             # The client has sent (and the hub encoded and spooled) the whole object;
             # the rest is the devices fetching their shares.
@@ -149,7 +244,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 with back.open("wb") as out:
                     api.get_object("bench", "o", out, marks.progress)
 
-            result["get"] = timed(size, meters, get)
+            result["get"] = timed(size, meters, get, profiler, "get")
             # Before the first byte: k shares uploaded by devices to the hub (and checked);
             # after it: decoded and streamed.
             result["get"]["first_byte_s"] = marks.since_start("first")

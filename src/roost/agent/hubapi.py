@@ -2,6 +2,12 @@
 
 ``http.client`` instead of httpx keeps the agent small. The hub is trusted through its
 CA (``ca.pem``, pinned at enrollment); requests are signed per ``roost.pki.signing``.
+
+Big bodies (storage shares) stream both ways through one reused buffer, never whole in
+memory: ``fetch`` with a ``sink``, and ``upload``. A streamed upload cannot be signed
+over its body's SHA-256 before it is read, so its signature covers the body's declared
+BLAKE3 hash instead (``DIGEST_HEADER``, ``signed_digest``); the hub checks the body
+against that hash, and against the one it recorded, as it arrives.
 """
 
 from __future__ import annotations
@@ -11,13 +17,24 @@ import json
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from roost.errors import HubError, HubUnreachableError, WireError
 
 # A signer turns (method, target, body) into authentication headers.
 Signer = Callable[[str, str, bytes], dict[str, str]]
+
+# Bytes read or sent at a time for big bodies: big enough that TLS records and system
+# calls are few, small enough for a Pi (one buffer per transfer).
+CHUNK = 1 << 20
+# A streamed body's BLAKE3 hash (hex), declared up front; the signature covers it.
+DIGEST_HEADER = "x-roost-content-blake3"
+
+
+def signed_digest(blake3_hex: str) -> bytes:
+    """What a streamed request is signed over in place of its body."""
+    return f"blake3:{blake3_hex}".encode()
 
 
 def verified_context(ca_pem: str) -> ssl.SSLContext:
@@ -94,7 +111,7 @@ def fetch(
     signer: Signer | None = None,
     timeout: float = 30.0,
     max_bytes: int = 1 << 20,
-    sink: Callable[[bytes], None] | None = None,
+    sink: Callable[[memoryview], None] | None = None,
 ) -> bytes:
     """One signed GET of raw bytes, refusing an answer longer than ``max_bytes``.
 
@@ -102,7 +119,8 @@ def fetch(
     whose ``status`` is the hub's (404: the file is not there); no answer at all is
     ``HubUnreachableError``; a body over ``max_bytes`` is ``WireError``, found while
     reading in chunks so an endless answer never fills memory. With ``sink``, a good
-    answer's chunks go to it as they come (and ``b""`` is returned).
+    answer streams through one reused buffer of ``CHUNK`` bytes: each chunk goes to the
+    sink as a view it must not keep (write or hash it at once), and ``b""`` is returned.
     """
     parts = urllib.parse.urlsplit(url)
     headers = {"accept": "*/*"}
@@ -116,16 +134,16 @@ def fetch(
     try:
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
-        # An error's body is only read for its message, and never at length.
-        limit = max_bytes if response.status < 400 else 64 * 1024
-        while received <= limit:
-            chunk = response.read(min(64 * 1024, limit + 1 - received))
-            if not chunk:
-                break
-            received += len(chunk)
-            if sink is not None and response.status < 400 and received <= max_bytes:
-                sink(chunk)
-            else:
+        if sink is not None and response.status < 400:
+            received = _drain(response, max_bytes, sink)
+        else:
+            # An error's body is only read for its message, and never at length.
+            limit = max_bytes if response.status < 400 else 64 * 1024
+            while received <= limit:
+                chunk = response.read(min(64 * 1024, limit + 1 - received))
+                if not chunk:
+                    break
+                received += len(chunk)
                 chunks.append(chunk)
     except (OSError, http.client.HTTPException) as err:
         raise HubUnreachableError(url, str(err) or type(err).__name__) from err
@@ -133,12 +151,93 @@ def fetch(
         connection.close()
     data = b"".join(chunks)
     if response.status >= 400:
-        try:
-            decoded = json.loads(data) if data else None
-        except ValueError:
-            decoded = None
-        message = decoded.get("error") if isinstance(decoded, dict) else None
-        raise HubError(message or f"the hub answered {response.status}", response.status)
+        _raise_error(response.status, data)
     if received > max_bytes:
         raise WireError(f"the hub sent more than {max_bytes} bytes for {path}; refused")
     return data
+
+
+def _drain(
+    response: http.client.HTTPResponse, max_bytes: int, sink: Callable[[memoryview], None]
+) -> int:
+    """Read a good answer into one reused buffer, handing each chunk to ``sink``; stops
+    once past ``max_bytes`` (answers the count, which then says so)."""
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    received = 0
+    while received <= max_bytes:
+        count = response.readinto(view[: min(CHUNK, max_bytes + 1 - received)])
+        if not count:
+            break
+        received += count
+        if received <= max_bytes:
+            # A view of the buffer, not a copy: the sink must not keep it.
+            sink(view[:count])
+    return received
+
+
+def upload(
+    url: str,
+    path: str,
+    context: ssl.SSLContext,
+    signer: Signer,
+    size: int,
+    blake3_hex: str,
+    chunks: Iterable[bytes | memoryview],
+    timeout: float = 30.0,
+) -> Any:
+    """One signed PUT of ``size`` bytes streamed from ``chunks``, which hash (BLAKE3) to
+    ``blake3_hex``; answers the JSON reply. The signature covers that declared hash
+    (``DIGEST_HEADER``), and the hub refuses a body that does not match it.
+
+    If ``chunks`` raises, the connection is closed before the body is whole, so the hub
+    keeps nothing, and the error goes to the caller. Errors are as in ``request()``.
+    """
+    parts = urllib.parse.urlsplit(url)
+    headers = {
+        "content-type": "application/octet-stream",
+        "content-length": str(size),
+        "accept": "application/json",
+        DIGEST_HEADER: blake3_hex,
+        **signer("PUT", path, signed_digest(blake3_hex)),
+    }
+    connection = http.client.HTTPSConnection(
+        parts.hostname or "", parts.port or 443, context=context, timeout=timeout
+    )
+    try:
+        connection.putrequest("PUT", path, skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        _send_all(connection, chunks)
+        response = connection.getresponse()
+        data = response.read(64 * 1024)
+    except (OSError, http.client.HTTPException) as err:
+        raise HubUnreachableError(url, str(err) or type(err).__name__) from err
+    finally:
+        connection.close()
+    if response.status >= 400:
+        _raise_error(response.status, data)
+    try:
+        return json.loads(data) if data else None
+    except ValueError as err:
+        raise WireError(f"the hub's answer to PUT {path} is not JSON") from err
+
+
+def _send_all(connection: http.client.HTTPConnection, chunks: Iterable[bytes | memoryview]) -> None:
+    """Send the body; a hub that refused it before its end may have said why, so a
+    closed connection is left for ``getresponse`` to read that answer (or fail)."""
+    try:
+        for chunk in chunks:
+            connection.send(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the hub stopped reading: its answer, read next, says why if it sent one
+
+
+def _raise_error(status: int, data: bytes) -> None:
+    try:
+        decoded = json.loads(data) if data else None
+    except ValueError:
+        decoded = None
+    message = decoded.get("error") if isinstance(decoded, dict) else None
+    raise HubError(message or f"the hub answered {status}", status)

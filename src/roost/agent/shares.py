@@ -8,6 +8,9 @@ corrupt share as a good one.
 
 Shares only ever move over HTTPS that the device starts, signed with its own key: the
 hub asks (``share-fetch``, ``share-upload``) and the device calls back. No inbound port.
+Both ways a share streams through one buffer of ``hubapi.CHUNK`` bytes, hashed on the
+way, so a device holds a chunk of it in memory, never the share (64 MiB for a 256 MiB
+object at 4-of-8; a Pi has little more to spare).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 import re
 import shutil
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,18 +80,26 @@ class ShareStore:
             raise StorageError(f"share {share_id} ({size} bytes) does not fit in the quota")
         return ShareWriter(path, size, expected_hash)
 
-    def read(self, share_id: str) -> tuple[bytes, str]:
-        """The share's bytes and ``""``, or ``b""`` and what is wrong with it: ``missing``,
-        or ``corrupt`` (it no longer matches the hash it was stored with)."""
+    def open(self, share_id: str) -> ShareReader | None:
+        """A reader streaming the share and checking it on the way; None if it is missing."""
         path = self._path(share_id)
         try:
-            data = path.read_bytes()
             expected = path.with_name(share_id + _HASH).read_text().strip()
+            return ShareReader(path, path.stat().st_size, expected)
         except FileNotFoundError:
+            return None
+
+    def read(self, share_id: str) -> tuple[bytes, str]:
+        """The whole share and ``""``, or ``b""`` and what is wrong with it: ``missing``, or
+        ``corrupt`` (it no longer matches the hash it was stored with). Only for small
+        shares: a share is sent with ``open`` and streamed."""
+        reader = self.open(share_id)
+        if reader is None:
             return b"", "missing"
-        if blake3.blake3(data).hexdigest() != expected:
+        try:
+            return b"".join(bytes(chunk) for chunk in reader.chunks()), ""
+        except RottenShareError:
             return b"", "corrupt"
-        return data, ""
 
     def check(self, share_id: str) -> str:
         """Re-hash a share without holding it in memory: ``""``, ``missing`` or ``corrupt``."""
@@ -118,29 +129,81 @@ class ShareStore:
         return existed
 
 
+class RottenShareError(StorageError):
+    """A share that no longer matches its hash, found while it was being sent."""
+
+
+class ShareReader:
+    """A stored share read in chunks through one buffer, hashed on the way. The last
+    chunk is only handed out once the whole share matched its hash, so a rotten share
+    never reaches the hub whole: ``chunks`` raises ``RottenShareError`` instead."""
+
+    def __init__(self, path: Path, size: int, expected_hash: str) -> None:
+        self.path, self.size, self.expected = path, size, expected_hash
+
+    def chunks(self, chunk_size: int = hubapi.CHUNK) -> Iterator[memoryview]:
+        """Views of one reused buffer: send each before asking for the next."""
+        buffer = memoryview(bytearray(chunk_size))
+        digest = blake3.blake3()
+        done = count = 0
+        with self.path.open("rb", buffering=0) as f:
+            while done < self.size:
+                count = f.readinto(buffer[: min(chunk_size, self.size - done)])
+                if not count:
+                    break
+                digest.update(buffer[:count])
+                done += count
+                if done < self.size:
+                    yield buffer[:count]
+            if done != self.size or f.read(1) or digest.hexdigest() != self.expected:
+                raise RottenShareError(f"share {self.path.name} does not match its hash")
+            if count:
+                yield buffer[:count]
+
+
 class ShareWriter:
     """A share written to a temporary file as it arrives, hashed on the way; ``commit``
-    checks it and renames it into place, ``discard`` (always call it) drops what is left."""
+    checks it and renames it into place, ``discard`` (always call it) drops what is left.
+
+    Every ``WRITEBACK`` bytes the kernel is told to start writing what came so far and to
+    drop it from the page cache once written: the disk works while the share arrives
+    instead of all at once in ``commit``'s fsync, and a small device's memory does not
+    fill with a big share's pages. ``commit`` still fsyncs before anything is kept.
+    """
+
+    WRITEBACK = 8 << 20
 
     def __init__(self, path: Path, size: int, expected_hash: str) -> None:
         self.path, self.size, self.expected = path, size, expected_hash
         self._tmp = path.with_name(f".{path.name}.part")
-        self._file = self._tmp.open("wb")
+        self._file = self._tmp.open("wb", buffering=0)
         self._hash = blake3.blake3()
         self._written = 0
+        self._flushed = 0
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         self._written += len(chunk)
         if self._written > self.size:
             raise StorageError(f"share {self.path.name} is longer than the {self.size} bytes said")
         self._hash.update(chunk)
         try:
-            self._file.write(chunk)
+            view = memoryview(chunk)
+            while view:  # an unbuffered write may take part of it
+                view = view[self._file.write(view) :]
+            if self._written - self._flushed >= self.WRITEBACK:
+                self._start_writeback()
         except OSError as err:  # not the network's fault: say so
             raise StorageError(f"cannot write share {self.path.name}: {err}") from err
 
+    def _start_writeback(self) -> None:
+        # Linux starts writing the dirty range back and evicts pages already clean; it
+        # does not wait, and it promises nothing: durability is commit's fsync.
+        if hasattr(os, "posix_fadvise"):
+            length = self._written - self._flushed
+            os.posix_fadvise(self._file.fileno(), self._flushed, length, os.POSIX_FADV_DONTNEED)
+        self._flushed = self._written
+
     def commit(self) -> None:
-        self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         if self._written != self.size or self._hash.hexdigest() != self.expected:
@@ -203,15 +266,27 @@ class ShareCommands:
         share_id, path = str(args["share"]), str(args["path"])
         if not path.startswith(f"/v1/store/shares/{share_id}"):
             raise ValidationError(f"share-upload goes to /v1/store/shares/{share_id} only")
-        data, problem = await asyncio.to_thread(self.store.read, share_id)
-        if problem:
-            # Not an error: the hub asked, and learns that this share needs repair.
-            return {"share": share_id, "problem": problem}
+        reader = await asyncio.to_thread(self.store.open, share_id)
+        # Not errors: the hub asked, and learns that this share needs repair.
+        if reader is None:
+            return {"share": share_id, "problem": "missing"}
         url, context, signer = self._hub()
-        await asyncio.to_thread(
-            hubapi.request, url, "PUT", path, context, data, signer, self._timeout
-        )
-        return {"share": share_id, "bytes": len(data)}
+        try:
+            # Blocking HTTPS and file reads: off the event loop. Streamed from disk.
+            await asyncio.to_thread(
+                hubapi.upload,
+                url,
+                path,
+                context,
+                signer,
+                reader.size,
+                reader.expected,
+                reader.chunks(),
+                self._timeout,
+            )
+        except RottenShareError:
+            return {"share": share_id, "problem": "corrupt"}
+        return {"share": share_id, "bytes": reader.size}
 
     async def check(self, args: dict[str, Any]) -> Any:
         """Re-hash a share on demand: ``problem`` is "", "missing" or "corrupt"."""

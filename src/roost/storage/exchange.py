@@ -5,28 +5,39 @@ Devices call ``GET /v1/store/shares/ID`` to fetch a share the hub asked them to 
 to hand one back for a get (into ``DATA/store/in/TOKEN/``). Both are signed by the
 device's own key and answer only that device's shares. ``collect`` asks devices for
 shares until k have arrived; ``Spool`` writes an object's share files as it is encoded.
+
+Shares stream both ways in chunks of about a MiB; neither side holds a whole share. A
+``PUT`` is signed over the body's declared BLAKE3 hash, not the body (which the
+signature would otherwise need whole, first): the hub refuses it unless that hash and
+the declared size are the share's, and keeps the body only if it hashes to them. So a
+device still writes only its own shares, and a tampered body is refused and marked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import time
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Annotated, Any, BinaryIO, Literal
 
 import blake3
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
+from roost.agent.hubapi import DIGEST_HEADER, signed_digest
 from roost.api import DeviceDep, HubContext, HubDep
-from roost.atomic import write_atomic
 from roost.db import utcnow
-from roost.errors import NotFoundError, StorageError
+from roost.errors import AuthError, NotFoundError, StorageError, ValidationError
 from roost.events.store import hub_event, insert_events
+from roost.fleet.models import Device
+from roost.pki import load_cert, signing
 from roost.storage.codec import EncodedSegment, Share
 from roost.storage.models import ObjectRow, ShareRow
 from roost.storage.objects import Placed, mark, own_share, store_dir
@@ -35,6 +46,14 @@ from roost.storage.transfer import Answer, ask, ask_all, online, timeout_for
 router = APIRouter()  # under /v1, through roost.storage.routes
 
 _TOKEN_RE = re.compile(r"^[0-9a-f]{16}$")
+# A share moves in chunks of about this many bytes (file reads, thread hops).
+CHUNK = 1 << 20
+
+
+class ShareFile(FileResponse):
+    """A spooled share sent in 1 MiB reads (Starlette's 64 KiB cost a thread hop each)."""
+
+    chunk_size = CHUNK
 
 
 @router.get("/store/shares/{share_id}", tags=["devices"])
@@ -44,26 +63,123 @@ async def fetch_share(share_id: str, device: DeviceDep, hub: HubDep) -> FileResp
     path = store_dir(hub) / "out" / share.object_id / str(share.index)
     if not path.exists():
         raise NotFoundError(f"share {share_id} is no longer waiting on the hub")
-    return FileResponse(path, media_type="application/octet-stream")
+    return ShareFile(path, media_type="application/octet-stream")
+
+
+async def streaming_device(request: Request, hub: HubDep) -> Device:
+    """The device whose own key signed this streamed upload; revoked devices are refused.
+
+    Like ``DeviceDep``, but the signature covers the body's declared BLAKE3 hash
+    (``DIGEST_HEADER``) instead of the body, which is left unread for the route to stream
+    and check against that hash.
+    """
+    device_id = request.headers.get(signing.DEVICE_HEADER, "")
+    declared = request.headers.get(DIGEST_HEADER, "")
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+
+    def check() -> Device:
+        with hub.db.session() as session:
+            device = session.get(Device, device_id)
+            if device is None or device.state != "active":
+                raise AuthError("unknown or revoked device")
+            signing.verify(
+                load_cert(device.cert_pem).public_key(),  # type: ignore[arg-type]
+                dict(request.headers),
+                request.method,
+                target,
+                signed_digest(declared),
+                time.time(),
+                hub.settings.request_clock_skew_s,
+            )
+            session.expunge(device)
+            return device
+
+    return await run_in_threadpool(check)
+
+
+StreamingDeviceDep = Annotated[Device, Depends(streaming_device)]
 
 
 @router.put("/store/shares/{share_id}", tags=["devices"])
 async def upload_share(
-    share_id: str, get: str, request: Request, device: DeviceDep, hub: HubDep
+    share_id: str, get: str, request: Request, device: StreamingDeviceDep, hub: HubDep
 ) -> dict[str, Any]:
-    """A share this device keeps, sent for the get ``get`` that asked for it."""
+    """A share this device keeps, streamed for the get ``get`` that asked for it: kept in
+    the get's inbox only if it is the share's size and hashes to the share's hash."""
     share = await run_in_threadpool(own_share, hub, share_id, device.id)
     inbox = store_dir(hub) / "in" / get
     if not _TOKEN_RE.match(get) or not inbox.is_dir():
         raise NotFoundError(f"no get {get!r} is waiting for shares")
-    # The device's signature already needed the whole body; it is one share, not an object.
-    body = await request.body()
-    if blake3.blake3(body).hexdigest() != share.hash:
-        why = "what its device sent did not match its hash"
+    declared = request.headers.get(DIGEST_HEADER, "")
+    length = request.headers.get("content-length", "")
+    if declared != share.hash or length != str(share.size):
+        why = f"its device sent {length or 'an unknown number of'} bytes hashed {declared!r}"
         await run_in_threadpool(mark, hub, {share_id: ("corrupt", why)})
-        raise StorageError(f"share {share_id} does not match its hash; marked corrupt")
-    await run_in_threadpool(write_atomic, inbox / share_id, body)
-    return {"share": share_id, "bytes": len(body)}
+        raise StorageError(f"share {share_id} is not the one the hub stored; marked corrupt")
+    inbox_file = await run_in_threadpool(InboxFile, inbox, share_id)
+    try:
+        await _receive_share(request, inbox_file, share.size)
+        if not await run_in_threadpool(inbox_file.keep, share.hash):
+            why = "what its device sent did not match its hash"
+            await run_in_threadpool(mark, hub, {share_id: ("corrupt", why)})
+            raise StorageError(f"share {share_id} does not match its hash; marked corrupt")
+    finally:
+        await run_in_threadpool(inbox_file.discard)
+    return {"share": share_id, "bytes": share.size}
+
+
+async def _receive_share(request: Request, inbox_file: InboxFile, size: int) -> None:
+    """Stream the body into ``inbox_file`` about a MiB per thread hop; stop once the get is
+    over (its inbox gone: it had k shares without this one)."""
+    batch: list[bytes] = []
+    pending = 0
+    try:
+        async for chunk in request.stream():
+            batch.append(chunk)
+            pending += len(chunk)
+            if pending >= CHUNK:
+                await run_in_threadpool(inbox_file.write, batch)
+                batch, pending = [], 0
+        await run_in_threadpool(inbox_file.write, batch)
+    except ClientDisconnect as err:
+        # The device stopped: it found its share rotten on the way, and answers so.
+        raise ValidationError(f"the upload of share {inbox_file.name} was cut off") from err
+    if inbox_file.size != size:
+        raise ValidationError(
+            f"share {inbox_file.name} came with {inbox_file.size} of {size} bytes"
+        )
+
+
+class InboxFile:
+    """A share arriving for a get, hashed as written; ``keep`` renames it into the inbox if
+    it matches. Not fsynced: a get's inbox is scratch, gone when the get ends, and the
+    share stays on its device."""
+
+    def __init__(self, inbox: Path, share_id: str) -> None:
+        self.name, self.path = share_id, inbox / share_id
+        self._tmp = inbox / f".{share_id}.part"
+        self._file = self._tmp.open("wb")
+        self._hash = blake3.blake3()
+        self.size = 0
+
+    def write(self, chunks: list[bytes]) -> None:
+        if not self.path.parent.is_dir():
+            raise NotFoundError(f"the get that asked for share {self.name} is over")
+        for chunk in chunks:
+            self._hash.update(chunk)
+            self._file.write(chunk)
+            self.size += len(chunk)
+
+    def keep(self, expected_hash: str) -> bool:
+        self._file.close()
+        if self._hash.hexdigest() != expected_hash:
+            return False
+        os.replace(self._tmp, self.path)
+        return True
+
+    def discard(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
 
 
 class ProblemReport(BaseModel):

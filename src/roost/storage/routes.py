@@ -140,13 +140,27 @@ async def _receive(
     """Code the body into the spool; ``fits(bytes so far)`` raises once they pass the
     tenant's quota, before the rest is read."""
     received = 0
+    batch: list[bytes] = []
+    pending = 0
+
+    def code(chunks: list[bytes], last: bool) -> None:
+        for chunk in chunks:
+            spool.write(encoder.feed(chunk))
+        if last:
+            spool.write(encoder.finish())
+
     try:
         async for chunk in body:
             received += len(chunk)
             fits(received)
+            batch.append(chunk)
+            pending += len(chunk)
             # The codec and the disk block; pyeclib holds the GIL only while it codes.
-            await run_in_threadpool(spool.write, await run_in_threadpool(encoder.feed, chunk))
-        await run_in_threadpool(spool.write, await run_in_threadpool(encoder.finish))
+            # One thread hop per MiB or more, not per read of the socket (~64 KiB).
+            if pending >= exchange.CHUNK:
+                await run_in_threadpool(code, batch, False)
+                batch, pending = [], 0
+        await run_in_threadpool(code, batch, True)
     except ClientDisconnect as err:
         raise ValidationError(
             f"the upload of {what} was cut off; it stays pending until a retry"
