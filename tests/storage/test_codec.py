@@ -191,6 +191,29 @@ def test_how_the_stream_is_chunked_changes_nothing_but_the_key(
     assert len(whole_segments) == len(parts_segments)
 
 
+BUFFERS = [bytes, bytearray, memoryview, lambda b: memoryview(bytearray(b))]
+
+
+@settings(max_examples=60)
+@given(
+    objects, codes, st.lists(st.tuples(st.integers(0, 2 * SEGMENT + 7), st.sampled_from(BUFFERS)))
+)
+def test_any_kind_of_buffer_in_any_chunks_decodes_to_the_object(
+    data: bytes, code: tuple[int, int], chunks: list[tuple[int, Any]]
+) -> None:
+    # Segments are cut from views of bytes chunks, or gathered from several, or copied
+    # from buffers that could change: the bytes that come back are the same.
+    encoder = Encoder(CodecParams(*code, segment_size=SEGMENT, replica_below=1024))
+    segments: list[EncodedSegment] = []
+    start = 0
+    for size, kind in [*chunks, (len(data), bytes)]:
+        segments += encoder.feed(kind(data[start : start + size]))
+        start += size
+    segments += encoder.finish()
+    assert encoder.manifest.object_size == len(data)
+    assert decode(encoder, [list(s.shares[: encoder.manifest.k]) for s in segments]) == data
+
+
 @settings(max_examples=40)
 @given(objects, codes)
 def test_the_manifest_round_trips_and_refuses_tampering(data: bytes, code: tuple[int, int]) -> None:

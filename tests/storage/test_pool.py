@@ -1,8 +1,10 @@
-"""The codec through a pool of worker processes: the same bytes as in this process, the
-same errors, several streams at once on one pool, and nothing left in /dev/shm after."""
+"""The codec through a pool of worker processes or through threads: the same bytes as in
+this process, the same errors, several streams at once on one pool, caller's buffers
+reused at once without harm, and nothing left in /dev/shm after."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -10,19 +12,39 @@ from pathlib import Path
 import pytest
 
 from roost.errors import NotEnoughSharesError, StorageError
-from roost.storage import CodecParams, CodecPool, Decoder, EncodedSegment, Encoder, Share
+from roost.storage import (
+    CodecParams,
+    CodecPool,
+    CodecThreads,
+    Decoder,
+    EncodedSegment,
+    Encoder,
+    Share,
+)
 
 SEGMENT = 64 << 10
 
 
 @pytest.fixture(scope="module")
-def pool() -> Iterator[CodecPool]:
+def processes() -> Iterator[CodecPool]:
     with CodecPool(2) as started:
         yield started
 
 
+@pytest.fixture(scope="module")
+def threads() -> Iterator[CodecThreads]:
+    with CodecThreads(2) as started:
+        yield started
+
+
+@pytest.fixture(params=["processes", "threads"])
+def pool(request: pytest.FixtureRequest) -> CodecPool | CodecThreads:
+    started: CodecPool | CodecThreads = request.getfixturevalue(request.param)
+    return started
+
+
 def encode(
-    data: bytes, params: CodecParams, pool: CodecPool | None
+    data: bytes, params: CodecParams, pool: CodecPool | CodecThreads | None
 ) -> tuple[Encoder, list[EncodedSegment]]:
     encoder = Encoder(params, pool)
     segments = []
@@ -31,7 +53,9 @@ def encode(
     return encoder, segments + encoder.finish()
 
 
-def decode(encoder: Encoder, segments: list[EncodedSegment], pool: CodecPool | None) -> bytes:
+def decode(
+    encoder: Encoder, segments: list[EncodedSegment], pool: CodecPool | CodecThreads | None
+) -> bytes:
     decoder = Decoder(encoder.manifest, encoder.data_key, pool)
     k = encoder.manifest.k
     out = []
@@ -47,7 +71,7 @@ def decode_all(decoder: Decoder, batches: Sequence[Sequence[Share]]) -> None:
 
 
 @pytest.mark.parametrize("size", [0, 1000, SEGMENT, 5 * SEGMENT + 17])
-def test_a_pool_codes_what_this_process_codes(pool: CodecPool, size: int) -> None:
+def test_a_pool_codes_what_this_process_codes(pool: CodecPool | CodecThreads, size: int) -> None:
     data = os.urandom(size)
     params = CodecParams(4, 8, segment_size=SEGMENT, replica_below=4096)
     encoder, segments = encode(data, params, pool)
@@ -62,7 +86,7 @@ def test_a_pool_codes_what_this_process_codes(pool: CodecPool, size: int) -> Non
             )
 
 
-def test_errors_come_back_from_the_workers_whole(pool: CodecPool) -> None:
+def test_errors_come_back_from_the_workers_whole(pool: CodecPool | CodecThreads) -> None:
     data = os.urandom(3 * SEGMENT)
     encoder, segments = encode(data, CodecParams(3, 6, segment_size=SEGMENT), pool)
     bad = Share(1, 0, b"\x00" + segments[1].shares[0].data[1:])
@@ -82,7 +106,7 @@ def test_errors_come_back_from_the_workers_whole(pool: CodecPool) -> None:
     )
 
 
-def test_a_corrupt_share_is_named_by_a_worker(pool: CodecPool) -> None:
+def test_a_corrupt_share_is_named_by_a_worker(pool: CodecPool | CodecThreads) -> None:
     data = os.urandom(2 * SEGMENT)
     encoder, segments = encode(data, CodecParams(2, 4, segment_size=SEGMENT), pool)
     decoder = Decoder(encoder.manifest, encoder.data_key, pool)
@@ -94,7 +118,9 @@ def test_a_corrupt_share_is_named_by_a_worker(pool: CodecPool) -> None:
     assert b"".join(d.plaintext for d in out) == data
 
 
-def test_streams_interleaved_on_one_pool_keep_their_own_results(pool: CodecPool) -> None:
+def test_streams_interleaved_on_one_pool_keep_their_own_results(
+    pool: CodecPool | CodecThreads,
+) -> None:
     small = CodecParams(2, 4, segment_size=4096)
     big = CodecParams(8, 16, segment_size=SEGMENT)
     a, b = Encoder(small, pool), Encoder(big, pool)
@@ -121,3 +147,49 @@ def test_a_closed_pool_frees_its_buffers_and_refuses_work() -> None:
     assert not [name for name in names if Path("/dev/shm", name.lstrip("/")).exists()]
     with pytest.raises(StorageError, match="closed"):
         Encoder(CodecParams(2, 4), pool).finish()
+
+
+@pytest.mark.parametrize("chunk", [1000, SEGMENT - 1, SEGMENT, 3 * SEGMENT + 5])
+def test_a_buffer_the_caller_reuses_at_once_is_coded_as_it_was(
+    threads: CodecThreads, chunk: int
+) -> None:
+    # Threads seal segments after feed returns: what they read must not be the caller's.
+    data = os.urandom(7 * SEGMENT + 123)
+    params = CodecParams(3, 5, segment_size=SEGMENT)
+    for mutable in (bytearray, lambda b: memoryview(bytearray(b))):
+        encoder = Encoder(params, threads)
+        buffer = mutable(chunk)
+        segments = []
+        for start in range(0, len(data), chunk):
+            part = data[start : start + chunk]
+            buffer[: len(part)] = part
+            segments += encoder.feed(buffer[: len(part)])
+            buffer[:] = bytes(len(buffer))  # the caller reads the next chunk into it
+        segments += encoder.finish()
+        assert decode(encoder, segments, None) == data
+
+
+def test_views_of_bytes_are_coded_in_place_and_kept_whole(threads: CodecThreads) -> None:
+    data = os.urandom(5 * SEGMENT + 9)
+    view = memoryview(data)
+    params = CodecParams(2, 4, segment_size=SEGMENT)
+    cuts = [0, 10, SEGMENT, SEGMENT + 1, 3 * SEGMENT - 7, 4 * SEGMENT, len(data)]
+    for pool in (None, threads):
+        encoder = Encoder(params, pool)
+        segments = []
+        for start, end in itertools.pairwise(cuts):
+            segments += encoder.feed(view[start:end])
+        segments += encoder.finish()
+        assert encoder.manifest.object_size == len(data)
+        assert decode(encoder, segments, threads) == data
+
+
+def test_closed_threads_refuse_work() -> None:
+    threads = CodecThreads(1)
+    encoder, segments = encode(
+        os.urandom(2 * SEGMENT), CodecParams(2, 4, segment_size=SEGMENT), threads
+    )
+    assert decode(encoder, segments, threads)
+    threads.close()
+    with pytest.raises(StorageError, match="codec threads are closed"):
+        Encoder(CodecParams(2, 4), threads).finish()

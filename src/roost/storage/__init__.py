@@ -1,9 +1,9 @@
 """Storage across the devices: objects sealed, erasure-coded into shares and placed.
 
 The pure parts live here: the codec (``Encoder``, ``Decoder``, ``rebuild_shares``,
-``verify_share``), its ``Manifest``, the ``CodecPool`` that runs the codec in worker
-processes, and the placement core (``place``, ``choose_code``, ``repair_threshold``).
-See docs/storage.md.
+``verify_share``), its ``Manifest``, ``CodecThreads`` and the ``CodecPool`` that run
+the codec in threads or in worker processes, and the placement core (``place``,
+``choose_code``, ``repair_threshold``). See docs/storage.md.
 """
 
 from roost.storage.codec import (
@@ -24,11 +24,12 @@ from roost.storage.placement import (
     place,
     repair_threshold,
 )
-from roost.storage.pool import CodecPool
+from roost.storage.pool import CodecPool, CodecThreads
 
 __all__ = [
     "CodecParams",
     "CodecPool",
+    "CodecThreads",
     "DecodedSegment",
     "Decoder",
     "EncodedSegment",

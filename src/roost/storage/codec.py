@@ -29,7 +29,14 @@ devices as the k-of-n code would, a get needs one device instead of k, and no fr
 headers pad a few bytes.
 
 ``Encoder`` and ``Decoder`` are streaming and push-driven: feed chunks or segments,
-get back what is ready, in order. With a ``CodecPool`` the work runs in worker processes.
+get back what is ready, in order. With ``CodecThreads`` the segments are sealed and
+opened in threads of this process, with a ``CodecPool`` in worker processes.
+
+The stream is not copied where it need not be: a segment that lies whole in a chunk of
+``bytes`` is sealed from a view of that chunk, which the encoder may hold until the next
+``feed`` or ``finish``; only a segment that spans chunks is gathered, into buffers kept
+for the encoder's life. A chunk whose memory could change (a ``bytearray``, a view of
+one) is copied when it arrives.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import functools
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -52,9 +59,7 @@ from roost.errors import (
 )
 from roost.storage.erasure import CODECS, EC_TYPE, MAX_SHARES, driver
 from roost.storage.manifest import REPLICA, Manifest, SegmentEntry, share_hash
-
-if TYPE_CHECKING:
-    from roost.storage.pool import CodecPool, Job
+from roost.storage.pool import CodecPool, CodecThreads
 
 DEFAULT_SEGMENT_SIZE = 1 << 20
 REPLICA_BELOW = 64 << 10
@@ -314,6 +319,14 @@ def rebuild_shares(
     return rebuilt
 
 
+class _Job(Protocol):
+    """A job in flight: a pool's ``Job``, a thread's ``Future``, or one already run."""
+
+    def done(self) -> bool: ...
+
+    def result(self) -> Any: ...
+
+
 class _Now:
     """A job run at once in this process."""
 
@@ -328,17 +341,17 @@ class _Now:
 
 
 class _Pipeline(Generic[T]):
-    """Jobs run in this process or in a ``CodecPool``; results come out in submission order.
+    """Jobs run here, in ``CodecThreads`` or in a ``CodecPool``; results come out in order.
 
-    At most ``pool.window`` jobs are in flight, so memory stays bounded however fast the
-    caller feeds.
+    At most ``pool.window`` jobs are in flight once ``ready`` returns, so memory stays
+    bounded however fast the caller feeds.
     """
 
-    def __init__(self, pool: CodecPool | None) -> None:
+    def __init__(self, pool: CodecPool | CodecThreads | None) -> None:
         self.pool = pool
-        self._pending: deque[Job | _Now] = deque()
+        self._pending: deque[_Job] = deque()
 
-    def add(self, job: Job | _Now) -> None:
+    def add(self, job: _Job) -> None:
         self._pending.append(job)
 
     def ready(self, drain: bool = False) -> list[T]:
@@ -350,6 +363,64 @@ class _Pipeline(Generic[T]):
         return out
 
 
+class _Stream:
+    """The bytes fed to an encoder and not yet sealed, cut into segments with few copies.
+
+    ``cut`` gives a view of the next segment: of the chunk itself when the segment lies in
+    one, else of a buffer it was gathered into. Buffers are reused ``buffers`` cuts later,
+    so a view must be done with by then (the encoder keeps fewer segments in flight).
+    """
+
+    def __init__(self, segment_size: int, buffers: int) -> None:
+        self.held = 0
+        self._parts: deque[memoryview] = deque()
+        self._buffers: list[bytearray | None] = [None] * buffers
+        self._segment_size = segment_size
+        self._turn = 0
+
+    def add(self, chunk: bytes | bytearray | memoryview) -> int:
+        """Hold on to ``chunk`` (copied unless it is immutable); its size in bytes."""
+        view = memoryview(chunk)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        if not isinstance(view.obj, bytes):
+            # The caller may reuse its buffer once feed returns; bytes cannot change.
+            view = memoryview(bytes(view))
+        if view.nbytes:
+            self._parts.append(view)
+            self.held += view.nbytes
+        return view.nbytes
+
+    def cut(self, size: int) -> memoryview:
+        """The next ``size`` bytes held (``size`` <= ``held``)."""
+        self.held -= size
+        if not size:
+            return memoryview(b"")
+        first = self._parts[0]
+        if len(first) > size:
+            self._parts[0] = first[size:]
+            return first[:size]
+        if len(first) == size:
+            return self._parts.popleft()
+        return self._gather(size)
+
+    def _gather(self, size: int) -> memoryview:
+        """The next ``size`` bytes, which span parts, copied into the next buffer."""
+        buffer = self._buffers[self._turn]
+        if buffer is None:
+            buffer = self._buffers[self._turn] = bytearray(self._segment_size)
+        self._turn = (self._turn + 1) % len(self._buffers)
+        offset = 0
+        while offset < size:
+            part = self._parts.popleft()
+            taken = min(len(part), size - offset)
+            buffer[offset : offset + taken] = part[:taken]
+            if taken < len(part):
+                self._parts.appendleft(part[taken:])
+            offset += taken
+        return memoryview(buffer)[:size]
+
+
 class Encoder:
     """One object in, in chunks; its encoded segments out, in order; then its manifest.
 
@@ -357,10 +428,13 @@ class Encoder:
     object's fresh key: wrap it and keep it with the manifest, and never reuse it.
     """
 
-    def __init__(self, params: CodecParams, pool: CodecPool | None = None) -> None:
+    def __init__(self, params: CodecParams, pool: CodecPool | CodecThreads | None = None) -> None:
         self.params = params
         self.data_key = AESGCM.generate_key(bit_length=KEY_SIZE * 8)
-        self._buffer = bytearray()
+        # Threads read a gathered segment after this returns: one buffer for each of the
+        # segments in flight and the one being gathered. Elsewhere it is read at once.
+        buffers = pool.window + 1 if isinstance(pool, CodecThreads) else 1
+        self._stream = _Stream(params.segment_size, buffers)
         self._size = 0
         self._next = 0
         self._shape: Shape | None = None
@@ -374,21 +448,21 @@ class Encoder:
     def feed(self, chunk: bytes | bytearray | memoryview) -> list[EncodedSegment]:
         if self._manifest is not None:
             raise StorageError("this object is already encoded; start a new Encoder")
-        self._buffer += chunk
-        self._size += len(chunk)
+        self._size += self._stream.add(chunk)
         size = self.params.segment_size
+        out: list[EncodedSegment] = []
         # Cut a segment only once more bytes follow it: whether it is the last is in its nonce.
-        while len(self._buffer) > size:
-            self._seal(size, last=False)
-            del self._buffer[:size]
-        return self._take(self._jobs.ready())
+        while self._stream.held > size:
+            self._seal(self._stream.cut(size), last=False)
+            out += self._jobs.ready()
+        return self._take(out)
 
     def finish(self) -> list[EncodedSegment]:
         """Seal the last segment, wait for every segment, and make the manifest."""
         if self._manifest is not None:
             return []
-        self._seal(len(self._buffer), last=True)
-        self._buffer = bytearray()
+        self._seal(self._stream.cut(self._stream.held), last=True)
+        self._stream = _Stream(self.params.segment_size, 1)  # lets go of the buffers
         out = self._take(self._jobs.ready(drain=True))
         assert self._shape is not None
         self._manifest = Manifest.build(
@@ -407,21 +481,23 @@ class Encoder:
             raise StorageError("the manifest is known once the encoder is finished")
         return self._manifest
 
-    def _seal(self, size: int, last: bool) -> None:
-        """Seal the first ``size`` bytes of the buffer as the next segment (or hand them over)."""
+    def _seal(self, plain: memoryview, last: bool) -> None:
+        """Seal ``plain`` as the next segment here, or hand it to the threads or the pool."""
         if self._shape is None:
             # The first segment decides: an object that ends below the threshold is copied.
             self._shape = self.params.shape(last and self._size < self.params.replica_below)
         shape, segment, key = self._shape, self._next, self.data_key
         pool = self._jobs.pool
-        with memoryview(self._buffer) as whole, whole[:size] as plain:
-            if pool is None:
-                self._jobs.add(_Now(seal_segment(key, shape, segment, last, plain)))
-            else:
-                bound = shape.n * ((size + TAG_SIZE) // shape.k + 1024)
-                args = (key, shape, segment, last, size)
-                build = functools.partial(_sealed_out, shape, segment)
-                self._jobs.add(pool.submit("seal", [plain], bound, args, build))
+        if pool is None:
+            self._jobs.add(_Now(seal_segment(key, shape, segment, last, plain)))
+        elif isinstance(pool, CodecThreads):
+            self._jobs.add(pool.run(seal_segment, key, shape, segment, last, plain))
+        else:
+            size = len(plain)
+            bound = shape.n * ((size + TAG_SIZE) // shape.k + 1024)
+            args = (key, shape, segment, last, size)
+            build = functools.partial(_sealed_out, shape, segment)
+            self._jobs.add(pool.submit("seal", [plain], bound, args, build))
         self._next += 1
 
     def _take(self, done: list[EncodedSegment]) -> list[EncodedSegment]:
@@ -440,7 +516,9 @@ class Decoder:
     it, which may come after the ``feed`` of later segments.
     """
 
-    def __init__(self, manifest: Manifest, data_key: bytes, pool: CodecPool | None = None) -> None:
+    def __init__(
+        self, manifest: Manifest, data_key: bytes, pool: CodecPool | CodecThreads | None = None
+    ) -> None:
         if len(data_key) != KEY_SIZE:
             raise ValidationError(f"a data key is {KEY_SIZE} bytes, not {len(data_key)}")
         self.manifest = manifest
@@ -462,6 +540,11 @@ class Decoder:
         pool = self._jobs.pool
         if pool is None:
             self._jobs.add(_Now(open_segment(self._key, opening, shares)))
+        elif isinstance(pool, CodecThreads):
+            # A thread reads the shares after feed returns: hand it bytes, which cannot
+            # change (bytes() of bytes is the same object, no copy).
+            owned = [Share(s.segment, s.index, bytes(s.data)) for s in shares]
+            self._jobs.add(pool.run(open_segment, self._key, opening, owned))
         else:
             layout = tuple((s.index, len(s.data)) for s in shares)
             args = (self._key, opening, layout)
