@@ -199,6 +199,22 @@ def timed(
     }
 
 
+def _memory(hub: Meter, agents: list[Popen[bytes]]) -> dict[str, float]:
+    """The hub's RSS now, and the most memory any agent ever held (its peak RSS so far): a
+    device that read a share whole, to send or to store it, would show the share's size."""
+    return {
+        "hub_rss_mib": hub.read()["rss_mib"],
+        "agents_peak_rss_mib": max(_peak_rss_mib(p.pid) for p in agents),
+    }
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
 def _system_s(pid: int) -> float:
     return float(psutil.Process(pid).cpu_times().system)
 
@@ -248,6 +264,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             # Before the first byte: k shares uploaded by devices to the hub (and checked);
             # after it: decoded and streamed.
             result["get"]["first_byte_s"] = marks.since_start("first")
+            result |= _memory(meters["hub"], agents)
             if not filecmp.cmp(source, back, shallow=False):
                 raise RuntimeError("the object came back different")
             back.unlink()
