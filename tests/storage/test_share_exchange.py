@@ -97,6 +97,13 @@ def test_a_streamed_share_is_kept_only_from_its_device_and_only_if_it_matches(
         upload(data, signed_over_another)
     assert forged.value.status == 401
 
+    # No declared hash: refused as malformed, and the share is not marked for it.
+    with pytest.raises(HubError, match="needs content-length and x-roost-content-blake3"):
+        upload(data, declared="")
+    with hub.client() as api:
+        states = {s["index"]: s["state"] for s in api.stat_object("b", "o")["shares"]}
+    assert states[0] == "stored"
+
     # The body tampered with on the way (the size and the signed hash are right): refused,
     # nothing kept, and the share marked corrupt for repair.
     tampered = bytearray(data)

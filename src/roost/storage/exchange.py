@@ -46,6 +46,7 @@ from roost.storage.transfer import Answer, ask, ask_all, online, timeout_for
 router = APIRouter()  # under /v1, through roost.storage.routes
 
 _TOKEN_RE = re.compile(r"^[0-9a-f]{16}$")
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 # A share moves in chunks of about this many bytes (file reads, thread hops).
 CHUNK = 1 << 20
 
@@ -112,8 +113,10 @@ async def upload_share(
         raise NotFoundError(f"no get {get!r} is waiting for shares")
     declared = request.headers.get(DIGEST_HEADER, "")
     length = request.headers.get("content-length", "")
-    if declared != share.hash or length != str(share.size):
-        why = f"its device sent {length or 'an unknown number of'} bytes hashed {declared!r}"
+    if not _HASH_RE.match(declared) or not length.isdigit():
+        raise ValidationError(f"a share upload needs content-length and {DIGEST_HEADER}")
+    if declared != share.hash or int(length) != share.size:
+        why = f"its device sent {length} bytes hashed {declared}"
         await run_in_threadpool(mark, hub, {share_id: ("corrupt", why)})
         raise StorageError(f"share {share_id} is not the one the hub stored; marked corrupt")
     inbox_file = await run_in_threadpool(InboxFile, inbox, share_id)
