@@ -168,11 +168,12 @@ def timed(
     for meter in meters.values():
         meter.start()
     kernel = {name: _system_s(m.pid) for name, m in meters.items()}
-    started = time.monotonic()
+    started, client = time.monotonic(), time.process_time()
     try:
         run()
     finally:
         seconds = time.monotonic() - started
+        client = time.process_time() - client
         if profiler is not None:
             profiler.stop()
     read = {name: m.read()["cpu_percent"] for name, m in meters.items()}
@@ -188,6 +189,8 @@ def timed(
         "cpu_ms_per_mb": {
             "hub": round(read["hub"] * 10 * seconds / megabytes, 2),
             "agents_sum": round(agents * 10 * seconds / megabytes, 2),
+            # This process: the SDK sending or receiving the object (and the meters).
+            "client": round(client * 1000 / megabytes, 2),
         },
         # Of which in the kernel (TCP on loopback, page cache, disk): the rest is Python,
         # TLS, the codec and hashing in user space.
