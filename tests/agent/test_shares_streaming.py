@@ -23,6 +23,7 @@ import pytest
 from roost.agent import hubapi
 from roost.agent.shares import ShareCommands, ShareStore
 from roost.errors import StorageError
+from roost.pki import signing
 
 SHARE = "0123456789abcdef"
 # Several chunks' worth: a device that held a share whole would peak above this.
@@ -38,6 +39,8 @@ class FakeHub:
     context: ssl.SSLContext
     share: Path
     received: dict[str, object] = field(default_factory=dict)
+    # Set once the server has read a PUT to its end (the client may be done before).
+    put_read: threading.Event = field(default_factory=threading.Event)
 
     def signer(self, method: str, target: str, body: bytes) -> dict[str, str]:
         # What a real signature covers, in plain sight: the hub's side is tested elsewhere.
@@ -63,6 +66,7 @@ def fake_hub(tmp_path: Path) -> Iterator[FakeHub]:
     with share.open("wb") as out:
         out.write(os.urandom(SIZE))
     received: dict[str, object] = {}
+    put_read = threading.Event()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -86,6 +90,7 @@ def fake_hub(tmp_path: Path) -> Iterator[FakeHub]:
                 count += len(piece)
                 left -= len(piece)
             received.update({"path": self.path, "bytes": count, "hash": digest.hexdigest()})
+            put_read.set()
             answer = b'{"ok": true}'
             self.send_response(200 if not left else 400)
             self.send_header("content-length", str(len(answer)))
@@ -101,7 +106,7 @@ def fake_hub(tmp_path: Path) -> Iterator[FakeHub]:
     thread.start()
     try:
         url = f"https://127.0.0.1:{server.server_address[1]}"
-        yield FakeHub(url, hubapi.verified_context(ca.cert_pem), share, received)
+        yield FakeHub(url, hubapi.verified_context(ca.cert_pem), share, received, put_read)
     finally:
         server.shutdown()
         server.server_close()
@@ -169,7 +174,7 @@ def test_a_share_is_uploaded_from_disk_in_chunks_signed_over_its_hash(
     got = fake_hub.received
     assert (got["path"], got["bytes"], got["hash"]) == (path, SIZE, expected)
     assert got["content-length"] == str(SIZE)
-    assert got[hubapi.DIGEST_HEADER] == expected
+    assert got[signing.DIGEST_HEADER] == expected
     # The signature covers the declared hash, since the body is not read before it is sent.
     assert got["x-roost-signature"] == f"PUT {path} blake3:{expected}"
 
@@ -189,6 +194,7 @@ def test_a_share_rotten_on_disk_is_never_sent_whole(
 
     assert answer == {"share": SHARE, "problem": "corrupt"}
     # The last chunk is held back until the whole share has matched its hash.
+    assert fake_hub.put_read.wait(10), "the hub's side never ended its read"
     assert 0 < int(str(fake_hub.received["bytes"])) < SIZE
 
 

@@ -18,6 +18,7 @@ import pytest
 from roost.agent import hubapi
 from roost.agent.identity import IdentityStore
 from roost.errors import HubError
+from roost.pki import signing
 from system.harness import Agent, Hub
 from system.procs import StartProc, wait_for
 
@@ -91,7 +92,7 @@ def test_a_streamed_share_is_kept_only_from_its_device_and_only_if_it_matches(
     # The declared hash changed after it was signed: the signature no longer verifies.
     def signed_over_another(method: str, target: str, body: bytes) -> dict[str, str]:
         del body
-        return signer(method, target, hubapi.signed_digest("0" * 64))
+        return signer(method, target, signing.signed_digest("0" * 64))
 
     with pytest.raises(HubError, match="signature does not verify") as forged:
         upload(data, signed_over_another)

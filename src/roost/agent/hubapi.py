@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from roost.errors import HubError, HubUnreachableError, WireError
+from roost.pki.signing import DIGEST_HEADER, signed_digest
 
 # A signer turns (method, target, body) into authentication headers.
 Signer = Callable[[str, str, bytes], dict[str, str]]
@@ -28,13 +29,6 @@ Signer = Callable[[str, str, bytes], dict[str, str]]
 # Bytes read or sent at a time for big bodies: big enough that TLS records and system
 # calls are few, small enough for a Pi (one buffer per transfer).
 CHUNK = 1 << 20
-# A streamed body's BLAKE3 hash (hex), declared up front; the signature covers it.
-DIGEST_HEADER = "x-roost-content-blake3"
-
-
-def signed_digest(blake3_hex: str) -> bytes:
-    """What a streamed request is signed over in place of its body."""
-    return f"blake3:{blake3_hex}".encode()
 
 
 def verified_context(ca_pem: str) -> ssl.SSLContext:

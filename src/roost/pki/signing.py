@@ -4,6 +4,10 @@ The agent signs ``METHOD \\n PATH?QUERY \\n UNIX-TIME \\n SHA256(BODY)`` with EC
 sends the device id, the time and the signature in headers; the hub verifies it with the
 public key of the certificate it issued to that device, refuses revoked devices and
 stale times. No shared secret ever exists.
+
+A streamed body (a storage share) cannot be hashed before it is sent: its request is
+signed over its BLAKE3 hash, declared in ``DIGEST_HEADER`` (``signed_digest``), and the
+hub checks the body against that hash as it arrives.
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ from roost.errors import AuthError
 DEVICE_HEADER = "x-roost-device"
 TIME_HEADER = "x-roost-time"
 SIGNATURE_HEADER = "x-roost-signature"
+# A streamed body's BLAKE3 hash (hex), declared up front; the signature covers it.
+DIGEST_HEADER = "x-roost-content-blake3"
+
+
+def signed_digest(blake3_hex: str) -> bytes:
+    """What a streamed request is signed over in place of its body."""
+    return f"blake3:{blake3_hex}".encode()
 
 
 def _canonical(method: str, target: str, timestamp: int, body: bytes) -> bytes:

@@ -31,13 +31,13 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
-from roost.agent.hubapi import DIGEST_HEADER, signed_digest
 from roost.api import DeviceDep, HubContext, HubDep
 from roost.db import utcnow
 from roost.errors import AuthError, NotFoundError, StorageError, ValidationError
 from roost.events.store import hub_event, insert_events
 from roost.fleet.models import Device
 from roost.pki import load_cert, signing
+from roost.pki.signing import DIGEST_HEADER, signed_digest
 from roost.storage.codec import EncodedSegment, Share
 from roost.storage.models import ObjectRow, ShareRow
 from roost.storage.objects import Placed, mark, own_share, store_dir
