@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pyeclib.ec_iface import ECDriverError
 
@@ -191,13 +191,21 @@ def test_how_the_stream_is_chunked_changes_nothing_but_the_key(
     assert len(whole_segments) == len(parts_segments)
 
 
-BUFFERS = [bytes, bytearray, memoryview, lambda b: memoryview(bytearray(b))]
+def strided(data: bytes) -> memoryview:
+    """A view of every other byte of a bytes object: ``data``, not contiguous."""
+    doubled = bytearray(2 * len(data))
+    doubled[::2] = data
+    return memoryview(bytes(doubled))[::2]
+
+
+BUFFERS = [bytes, bytearray, memoryview, lambda b: memoryview(bytearray(b)), strided]
 
 
 @settings(max_examples=60)
 @given(
     objects, codes, st.lists(st.tuples(st.integers(0, 2 * SEGMENT + 7), st.sampled_from(BUFFERS)))
 )
+@example(bytes(range(256)) * 40, (2, 4), [(2 * SEGMENT + 7, strided)])  # a segment inside it
 def test_any_kind_of_buffer_in_any_chunks_decodes_to_the_object(
     data: bytes, code: tuple[int, int], chunks: list[tuple[int, Any]]
 ) -> None:

@@ -381,11 +381,11 @@ class _Stream:
     def add(self, chunk: bytes | bytearray | memoryview) -> int:
         """Hold on to ``chunk`` (copied unless it is immutable); its size in bytes."""
         view = memoryview(chunk)
+        if not (isinstance(view.obj, bytes) and view.c_contiguous):
+            # The caller may reuse its buffer once feed returns; bytes cannot change.
+            view = memoryview(view.tobytes())
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
-        if not isinstance(view.obj, bytes):
-            # The caller may reuse its buffer once feed returns; bytes cannot change.
-            view = memoryview(bytes(view))
         if view.nbytes:
             self._parts.append(view)
             self.held += view.nbytes
