@@ -6,6 +6,8 @@
 - ``mosquitto_bin`` and ``postgres_bin_dir`` find the real tools or skip.
 - ``postgres_server`` (session) runs one throwaway PostgreSQL server; ``postgres_url``
   (session) is a database on it; ``fresh_postgres_db`` is a new database for one test.
+- ``migrated_db`` is the hub's database after its migrations, with the default tenant,
+  once on SQLite and once on PostgreSQL.
 - ``start_proc`` starts processes that are stopped when the test ends.
 - Hypothesis runs without deadlines: tests never assert on timing. (Its ``.hypothesis``
   directory ignores itself with a ``.gitignore`` of its own.)
@@ -21,6 +23,9 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from roost.access.service import ensure_default_tenant
+from roost.db import Database
+from roost.hub.database import migrate
 from system.procs import (
     PostgresServer,
     Proc,
@@ -98,6 +103,20 @@ def fresh_postgres_db(postgres_server: PostgresServer) -> Iterator[str]:
     url = postgres_server.create_database(name)
     yield url
     postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def migrated_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'hub.db'}"
+    else:
+        url = request.getfixturevalue("fresh_postgres_db")
+    database = Database(url)
+    migrate(database)
+    with database.session() as session:
+        ensure_default_tenant(session)
+    yield database
+    database.dispose()
 
 
 @pytest.fixture

@@ -3,19 +3,15 @@ the invocations devices report, kept once per key."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import select
 
-from roost.access.service import Principal, ensure_default_tenant
+from roost.access.service import Principal
 from roost.db import Database, utcnow
 from roost.errors import ValidationError
 from roost.functions.edge import record_invocations, wanted
 from roost.functions.models import Invocation
 from roost.functions.service import Limits, Start, deploy
-from roost.hub.database import migrate
 from roost.settings import HubSettings
 
 OWNER = Principal(tenant_id="default", role="owner", token_id="t")
@@ -60,18 +56,9 @@ def test_bad_placements_triggers_and_crons_are_named(
         Start.parse(on, trigger, cron)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'hub.db'}"
-    else:
-        url = request.getfixturevalue("fresh_postgres_db")
-    database = Database(url)
-    migrate(database)
-    with database.session() as session:
-        ensure_default_tenant(session)
-    yield database
-    database.dispose()
+@pytest.fixture
+def db(migrated_db: Database) -> Database:
+    return migrated_db
 
 
 def _deploy(db: Database, name: str, on: str) -> None:

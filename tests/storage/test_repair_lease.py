@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import threading
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import cast
 
@@ -17,12 +17,10 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 import roost.hub.core  # noqa: F401  (imports every model onto Base.metadata)
-from roost.access.service import ensure_default_tenant
 from roost.api import HubContext
 from roost.db import Database, utcnow
 from roost.errors import PlacementError, RepairBusyError
 from roost.fleet.models import Device
-from roost.hub.database import migrate
 from roost.settings import HubSettings
 from roost.storage import lease, repair
 from roost.storage.codec import CodecParams, Encoder
@@ -60,18 +58,9 @@ def test_a_lease_is_free_when_absent_expired_or_mine(
 # -- in the database ----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'hub.db'}"
-    else:
-        url = request.getfixturevalue("fresh_postgres_db")
-    database = Database(url)
-    migrate(database)
-    with database.session() as session:
-        ensure_default_tenant(session)
-    yield database
-    database.dispose()
+@pytest.fixture
+def db(migrated_db: Database) -> Database:
+    return migrated_db
 
 
 def _take(db: Database, holder: str, now: dt.datetime, object_id: str = "o") -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 import roost.hub.core  # noqa: F401  (imports every model onto Base.metadata)
-from roost.access.service import Principal, ensure_default_tenant
+from roost.access.service import Principal
 from roost.api import HubContext
 from roost.db import Base, Database, utcnow
 from roost.errors import QuotaExceededError
@@ -40,18 +40,9 @@ class FakeHub:
     db: Database
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'hub.db'}"
-    else:
-        url = request.getfixturevalue("fresh_postgres_db")
-    database = Database(url)
-    migrate(database)
-    with database.session() as session:
-        ensure_default_tenant(session)
-    yield database
-    database.dispose()
+@pytest.fixture
+def db(migrated_db: Database) -> Database:
+    return migrated_db
 
 
 def _hub(db: Database, tmp_path: Path, default_quota: int = 0) -> HubContext:
