@@ -79,8 +79,13 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 async def get_device(request: Request, hub: HubDep) -> Device:
     """The device whose own key signed this request; revoked devices are refused."""
+    return await signed_by_device(request, hub, await request.body())
+
+
+async def signed_by_device(request: Request, hub: HubContext, signed: bytes) -> Device:
+    """The device whose own key signed ``request`` over ``signed`` (its body, or what
+    stands for a streamed body); revoked devices are refused."""
     device_id = request.headers.get(signing.DEVICE_HEADER, "")
-    body = await request.body()
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
 
     def check() -> Device:
@@ -94,7 +99,7 @@ async def get_device(request: Request, hub: HubDep) -> Device:
                 dict(request.headers),
                 request.method,
                 target,
-                body,
+                signed,
                 time.time(),
                 hub.settings.request_clock_skew_s,
             )

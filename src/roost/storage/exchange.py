@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import time
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,12 +30,11 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
-from roost.api import DeviceDep, HubContext, HubDep
+from roost.api import DeviceDep, HubContext, HubDep, signed_by_device
 from roost.db import utcnow
-from roost.errors import AuthError, NotFoundError, StorageError, ValidationError
+from roost.errors import NotFoundError, StorageError, ValidationError
 from roost.events.store import hub_event, insert_events
 from roost.fleet.models import Device
-from roost.pki import load_cert, signing
 from roost.pki.signing import DIGEST_HEADER, signed_digest
 from roost.storage.codec import EncodedSegment, Share
 from roost.storage.models import ObjectRow, ShareRow
@@ -74,28 +72,8 @@ async def streaming_device(request: Request, hub: HubDep) -> Device:
     (``DIGEST_HEADER``) instead of the body, which is left unread for the route to stream
     and check against that hash.
     """
-    device_id = request.headers.get(signing.DEVICE_HEADER, "")
     declared = request.headers.get(DIGEST_HEADER, "")
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-
-    def check() -> Device:
-        with hub.db.session() as session:
-            device = session.get(Device, device_id)
-            if device is None or device.state != "active":
-                raise AuthError("unknown or revoked device")
-            signing.verify(
-                load_cert(device.cert_pem).public_key(),  # type: ignore[arg-type]
-                dict(request.headers),
-                request.method,
-                target,
-                signed_digest(declared),
-                time.time(),
-                hub.settings.request_clock_skew_s,
-            )
-            session.expunge(device)
-            return device
-
-    return await run_in_threadpool(check)
+    return await signed_by_device(request, hub, signed_digest(declared))
 
 
 StreamingDeviceDep = Annotated[Device, Depends(streaming_device)]
