@@ -66,7 +66,6 @@ import httpx
 from roost import __version__
 from roost.agent.edgefns import EdgeFunctions, invocation_key
 from roost.agent.outbox import EDGE_FEED, Outbox
-from roost.agent.updates import HubFetch
 from roost.client import RoostClient
 from roost.functions.edge import bundle
 from roost.functions.models import FunctionRow, FunctionVersion
@@ -185,8 +184,8 @@ class _TimedStore(Outbox):
                 future.set_result((at, event["data"]))
 
 
-def _no_hub() -> HubFetch:
-    raise RuntimeError("the bench runs no hub: the function's verified file must be in place")
+def _no_hub(name: str, version: int) -> bytes:
+    raise RuntimeError(f"the bench runs no hub: {name} v{version} must be in place already")
 
 
 def _install_verified(data_dir: Path) -> None:

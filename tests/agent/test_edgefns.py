@@ -1,11 +1,15 @@
-"""Edge functions on the device, the pure part: what a verified catalog file must hold,
-which events start which function, and what an invocation sends back (ids that are the
-same however often it runs)."""
+"""Edge functions on the device: what a verified catalog file must hold, which events
+start which function, what an invocation sends back (ids that are the same however often
+it runs), and the shell installing versions and handling the store's inbox."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,13 +17,16 @@ import pytest
 from roost.agent.edgefns import (
     CRON,
     EdgeFunction,
+    EdgeFunctions,
     invocation_key,
     outputs,
     parse_bundle,
     routes,
 )
-from roost.errors import UpdateRefusedError
-from roost.functions.pool import Outcome
+from roost.agent.outbox import Outbox
+from roost.errors import UpdateError, UpdateRefusedError
+from roost.functions.pool import Outcome, Pool
+from roost.settings import AgentSettings
 
 BUNDLE: dict[str, Any] = {
     "name": "door",
@@ -116,3 +123,91 @@ def test_long_keys_are_hashed_to_fit_the_hub() -> None:
     key = invocation_key({"source": "apps/door", "id": "x" * 200})
     assert len(key) == 64
     assert key == invocation_key({"source": "apps/door", "id": "x" * 200})
+
+
+# -- the shell, over a real store and pool, the catalog faked ------------------------------
+
+
+class Catalog:
+    """The download seam in memory: bundles by (name, version), or the error to raise."""
+
+    def __init__(self) -> None:
+        self.files: dict[tuple[str, int], bytes | Exception] = {}
+        self.asked: list[tuple[str, int]] = []
+
+    def __call__(self, name: str, version: int) -> bytes:
+        self.asked.append((name, version))
+        found = self.files.get((name, version), UpdateError(f"no {name} v{version} yet"))
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+
+COUNT = "def handle(event, ctx):\n    ctx.emit('app.door.counted', event['data'])\n    return 1\n"
+
+
+async def _until(predicate: Callable[[], object], what: str) -> None:
+    for _ in range(400):
+        if predicate():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+@pytest.fixture
+async def device(tmp_path: Path) -> AsyncIterator[tuple[EdgeFunctions, Outbox, Catalog]]:
+    outbox = Outbox(tmp_path / "agent.db")
+    catalog = Catalog()
+    edge = EdgeFunctions(
+        AgentSettings(data_dir=tmp_path),
+        outbox,
+        catalog,
+        "dev1",
+        on_sent=lambda: None,
+        on_change=lambda: None,
+        pool=Pool(max_workers=2),
+    )
+    task = asyncio.create_task(edge.run())
+    yield edge, outbox, catalog
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    outbox.close()
+
+
+def _sent(outbox: Outbox) -> list[dict[str, Any]]:
+    return [p.body["event"] for p in outbox.due(0.0, 1.0, 100) if p.kind == "event"]
+
+
+async def test_a_wanted_version_is_installed_and_handles_local_events(
+    device: tuple[EdgeFunctions, Outbox, Catalog], tmp_path: Path
+) -> None:
+    edge, outbox, catalog = device
+    catalog.files["door", 3] = _raw(files={"main.py": COUNT})
+    edge.want({"door": 3})
+    await _until(lambda: edge.report() == {"door": {"version": 3, "state": "running"}}, "install")
+    assert (tmp_path / "functions" / "door.json").is_file(), "kept for a restart offline"
+    outbox.put("event", {"event": {**EVENT, "data": {"n": 1}}}, 1.0)
+    outbox.put("event", {"event": {**EVENT, "id": "e2", "subject": "back"}}, 1.0)
+    edge.wake()
+    await _until(lambda: not outbox.inbox(10) and len(_sent(outbox)) == 4, "the results")
+    sent = _sent(outbox)
+    assert [e["type"] for e in sent[2:]] == ["app.door.counted", "roost.function.invoked"]
+    assert sent[2]["data"] == {"n": 1}
+    edge.want({})
+    await _until(lambda: not (tmp_path / "functions" / "door.json").exists(), "the removal")
+    assert edge.report() == {}
+
+
+async def test_refused_and_unreachable_versions_are_reported(
+    device: tuple[EdgeFunctions, Outbox, Catalog],
+) -> None:
+    edge, _, catalog = device
+    catalog.files["door", 3] = UpdateRefusedError("refused target: not signed by enough keys")
+    edge.want({"door": 3, "late": 1})
+    await _until(lambda: edge.report()["door"]["state"] == "failed", "the refusal")
+    assert "not signed by enough keys" in edge.report()["door"]["error"]
+    assert edge.report()["late"] == {"version": 1, "state": "installing"}
+    catalog.files["late", 1] = _raw(name="late", version=1)
+    await _until(lambda: edge.report()["late"]["state"] == "running", "the retry")
+    assert catalog.asked.count(("door", 3)) == 1, "a refused version is not asked for again"

@@ -34,6 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from roost.agent.outbox import EDGE_FEED, Outbox, Pending
@@ -136,7 +137,8 @@ def outputs(
     error = outcome.error
     for n, raw in enumerate(outcome.events if outcome.ok else ()):
         try:
-            row = parse_event({**raw, "id": _short(f"{key}/{n}")}, "", max_bytes, started)
+            fields = {**raw, "id": _short(f"{key}/{n}"), "subject": raw.get("subject") or None}
+            row = parse_event(fields, "", max_bytes, started)
         except ValidationError as err:
             error, emitted = f"emitted event {n} is refused: {err}", []
             break
@@ -175,6 +177,22 @@ def _cloud_event(
     }
 
 
+Download = Callable[[str, int], bytes]
+"""The I/O seam: the verified catalog file of one version of a function (name, version).
+Blocking. It raises ``UpdateRefusedError`` for a file that does not verify and
+``UpdateError`` when it cannot be fetched now; ``catalog_download`` is the real one."""
+
+
+def catalog_download(data_dir: Path, fetch: Callable[[], HubFetch]) -> Download:
+    """The seam over the tenant's signed catalog (TUF), as app releases are fetched."""
+
+    def download(name: str, version: int) -> bytes:
+        updates = SignedUpdates(data_dir, fetch())
+        return updates.download(target_path(name, version)).read_bytes()
+
+    return download
+
+
 class EdgeFunctions:
     """The device's edge functions: installed from the catalog, run over the inbox."""
 
@@ -182,7 +200,7 @@ class EdgeFunctions:
         self,
         settings: AgentSettings,
         outbox: Outbox,
-        fetch: Callable[[], HubFetch],
+        download: Download,
         device_id: str,
         on_sent: Callable[[], None],
         on_change: Callable[[], None],
@@ -190,7 +208,7 @@ class EdgeFunctions:
     ) -> None:
         self._settings = settings
         self._outbox = outbox
-        self._fetch = fetch
+        self._download = download
         self._device_id = device_id
         self._on_sent = on_sent  # wakes the outbox loop
         self._on_change = on_change  # the report changed
@@ -267,6 +285,8 @@ class EdgeFunctions:
             path = self.dir / f"{name}.json"
             with contextlib.suppress(OSError, RoostError):
                 self._use(parse_bundle(path.read_bytes(), name, version))
+        if self.functions:
+            self._on_change()
 
     async def _install(self) -> None:
         """Fetch and verify the versions wanted and not here; let go of the unwanted."""
@@ -288,7 +308,7 @@ class EdgeFunctions:
             return
         for name, version in missing.items():
             try:
-                raw = await asyncio.to_thread(self._download, name, version)
+                raw = await asyncio.to_thread(self._download, name, version)  # blocking I/O
                 function = parse_bundle(raw, name, version)
             except UpdateRefusedError as err:
                 self._failed[name] = (version, str(err))
@@ -304,11 +324,6 @@ class EdgeFunctions:
                 self._use(function)
                 log.info("edge function %s v%d verified and running", name, version)
         self._on_change()
-
-    def _download(self, name: str, version: int) -> bytes:
-        """Blocking: the verified catalog file of one version."""
-        updates = SignedUpdates(self._settings.data_dir, self._fetch())
-        return updates.download(target_path(name, version)).read_bytes()
 
     def _use(self, function: EdgeFunction) -> None:
         old = self.functions.get(function.name)

@@ -324,12 +324,12 @@ class Agent:
             self.outbox.set(EDGE_FEED, False)
 
     async def _run_functions(self, functions: dict[str, int]) -> None:
-        from roost.agent.edgefns import EdgeFunctions
+        from roost.agent.edgefns import EdgeFunctions, catalog_download
 
         self.edge = EdgeFunctions(
             self.settings,
             self.outbox,
-            self._catalog_fetch,
+            catalog_download(self.data_dir, self._catalog_fetch),
             self.device_id,
             on_sent=self._wake_outbox.set,
             on_change=self._functions_changed,
