@@ -149,6 +149,8 @@ class HubSettings(_Settings):
     broker_restart_backoff_max_s: float = 30.0
     # Stored events older than this are deleted (checked hourly).
     event_retention_days: float = 30.0
+    # Answered or timed-out device commands older than this are deleted (checked hourly).
+    command_retention_days: float = 7.0
     # Delivering rules' actions (``roost.rules.delivery``): at most this many at once; a
     # failed try is retried after a random delay up to base * 2^(tries - 1), at most cap
     # ("full jitter"), until max attempts, then kept as a dead letter. The outbox is also
@@ -205,6 +207,7 @@ class HubSettings(_Settings):
         "request_clock_skew_s": (1, 24 * 3600),
         "broker_restart_backoff_max_s": (0.5, 3600),
         "event_retention_days": (0.001, 100 * 365),
+        "command_retention_days": (0.001, 100 * 365),
         "delivery_concurrency": (1, 10_000),
         "delivery_max_attempts": (1, 100),
         "delivery_backoff_base_s": (0.001, 3600),

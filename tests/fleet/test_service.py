@@ -23,7 +23,7 @@ from roost.errors import (
     ValidationError,
 )
 from roost.fleet import service
-from roost.fleet.models import Device, DeviceCert, JoinTokenRow
+from roost.fleet.models import CommandRow, Device, DeviceCert, JoinTokenRow
 from roost.fleet.selectors import Selector
 from roost.pki import CertificateAuthority, common_name, generate_key, load_cert, make_csr
 from roost.pki.tokens import hash_secret
@@ -538,3 +538,32 @@ def test_revoke_marks_every_certificate_of_the_device_and_only_those(
         service.revoke(session, owner, victim, when + HOUR)
     with db.session() as session:
         assert {r.revoked_at for r in service.revocations(session)[0]} == {when}
+
+
+def test_finished_commands_older_than_the_cutoff_are_pruned(
+    db: Database, ca: CertificateAuthority, owner: Principal
+) -> None:
+    device_id, _ = enroll(db, ca, make_token(db, owner))
+    day = dt.timedelta(days=1)
+    ages = {"old-ok": ("ok", 9), "old-timeout": ("timeout", 9), "old-pending": ("pending", 9)}
+    ages["new-ok"] = ("ok", 1)
+    with db.session() as session:
+        for name, (status, days) in ages.items():
+            created = NOW - days * day
+            session.add(
+                CommandRow(
+                    id=name,
+                    tenant_id="default",
+                    device_id=device_id,
+                    name="ping",
+                    status=status,
+                    created_at=created,
+                    deadline=created + dt.timedelta(seconds=10),
+                )
+            )
+    with db.session() as session:
+        assert service.prune_commands(session, NOW - 7 * day, batch=1) == 1
+        assert service.prune_commands(session, NOW - 7 * day) == 1
+        assert service.prune_commands(session, NOW - 7 * day) == 0
+        kept = sorted(session.scalars(select(CommandRow.id)))
+    assert kept == ["new-ok", "old-pending"], "a pending command waits for its deadline"

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from roost.access import Principal
@@ -27,7 +27,7 @@ from roost.errors import (
     TokenUsedUpError,
     ValidationError,
 )
-from roost.fleet.models import Device, DeviceCert, JoinTokenRow
+from roost.fleet.models import CommandRow, Device, DeviceCert, JoinTokenRow
 from roost.fleet.selectors import Selector
 from roost.pki import CertificateAuthority, Revoked, secret_matches
 from roost.pki.ca import cert_to_pem
@@ -311,3 +311,17 @@ def revocations(session: Session) -> tuple[list[Revoked], list[str]]:
     revoked = [Revoked(int(serial, 16), at) for serial, at in certs if at is not None]
     ids = list(session.scalars(select(Device.id).where(Device.state == "revoked")))
     return revoked, ids
+
+
+def prune_commands(session: Session, cutoff: dt.datetime, batch: int = 10_000) -> int:
+    """Delete up to ``batch`` commands created before ``cutoff`` that are no longer
+    pending (answered, failed or timed out); how many were deleted."""
+    done = (
+        select(CommandRow.id)
+        .where(CommandRow.created_at < cutoff, CommandRow.status != "pending")
+        .limit(batch)
+    )
+    ids = list(session.scalars(done))
+    if ids:
+        session.execute(delete(CommandRow).where(CommandRow.id.in_(ids)))
+    return len(ids)

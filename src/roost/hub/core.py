@@ -423,7 +423,7 @@ class Hub:
     # -- events ----------------------------------------------------------------------------
 
     async def _retention_loop(self) -> None:
-        """Delete stored events older than the retention setting."""
+        """Delete stored events and finished commands older than their retention."""
         while True:
             try:
                 deleted = await asyncio.to_thread(self._expire_events)
@@ -433,8 +433,15 @@ class Hub:
                         deleted,
                         self.settings.event_retention_days,
                     )
+                pruned = await asyncio.to_thread(self._prune_commands)
+                if pruned:
+                    log.info(
+                        "deleted %d finished commands past the %g-day retention",
+                        pruned,
+                        self.settings.command_retention_days,
+                    )
             except Exception:
-                log.exception("deleting old events failed")
+                log.exception("deleting old events or commands failed")
             await asyncio.sleep(RETENTION_CHECK_S)
 
     async def _schedule_loop(self) -> None:
@@ -476,6 +483,16 @@ class Hub:
         while True:
             with self.db.session() as session:
                 deleted = expire_events(session, cutoff)
+            total += deleted
+            if not deleted:
+                return total
+
+    def _prune_commands(self) -> int:
+        cutoff = utcnow() - dt.timedelta(days=self.settings.command_retention_days)
+        total = 0
+        while True:
+            with self.db.session() as session:
+                deleted = fleet.prune_commands(session, cutoff)
             total += deleted
             if not deleted:
                 return total
