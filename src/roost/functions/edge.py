@@ -36,9 +36,9 @@ from roost.fleet.models import Device
 from roost.fleet.selectors import Selector
 from roost.fleet.service import desired_message
 from roost.functions.models import FunctionRow, FunctionVersion, Invocation
-from roost.functions.service import HUB, RESULT_CHARS, prune
+from roost.functions.service import RESULT_CHARS, prune
 from roost.wire import Desired
-from roost.wire.functions import DESIRED_KEY, SOURCE_PREFIX, target_path
+from roost.wire.functions import DESIRED_KEY, HUB, SOURCE_PREFIX, target_path
 
 
 def bundle(row: FunctionRow, stored: FunctionVersion) -> bytes:

@@ -21,6 +21,7 @@ from roost.errors import FunctionError, ValidationError
 from roost.functions import edge, service
 from roost.functions.models import FunctionRow, Invocation
 from roost.wire import Desired
+from roost.wire.functions import HUB
 
 router = APIRouter(prefix="/v1", tags=["functions"])
 
@@ -35,7 +36,7 @@ class DeployFunction(BaseModel):
     memory_bytes: int = service.DEFAULTS["memory_bytes"]
     concurrency: int = service.DEFAULTS["concurrency"]
     network: bool = False
-    on: str = service.HUB
+    on: str = HUB
     trigger: dict[str, Any] | None = None
     cron: str = ""
 
@@ -50,7 +51,7 @@ def function_view(row: FunctionRow) -> dict[str, Any]:
     return {
         "name": row.name,
         "version": row.version,
-        "on": row.placement if row.placement == service.HUB else row.placement or "all",
+        "on": row.placement if row.placement == HUB else row.placement or "all",
         "trigger": row.trigger,
         "cron": row.cron,
         "timeout_s": row.timeout_s,

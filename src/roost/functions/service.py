@@ -32,6 +32,7 @@ from roost.functions import triggers
 from roost.functions.models import FunctionRow, FunctionVersion, Invocation
 from roost.functions.pool import Code, Outcome
 from roost.settings import HubSettings
+from roost.wire.functions import HUB
 
 MAX_CODE_BYTES = 1024 * 1024
 MAX_FILES = 200
@@ -70,7 +71,6 @@ class Limits:
             )
 
 
-HUB = "hub"
 ALL_DEVICES = "all"
 MAX_PATTERNS = 16
 MAX_PATTERN_CHARS = 200

@@ -43,13 +43,13 @@ from roost.rules import actions
 from roost.rules.models import RuleCursor, RuleRow
 from roost.rules.spec import Action, Rule
 from roost.rules.template import parse
+from roost.wire.functions import HUB
 
 PREFIX = "fn:"
 CRON_SUFFIX = "@cron"
 # The source of the events hub functions emit (ctx.emit): ``roost://functions/<name>``.
 EMIT_SOURCE = "roost://functions/"
 _RULE_ID_CHARS = 64  # RuleRow.rule_id, ActionRow.rule_id
-_HUB = "hub"  # roost.functions.service.HUB (which imports this module)
 
 
 def rule_id(name: str, cron: bool = False) -> str:
@@ -100,7 +100,7 @@ def _invoke(name: str) -> Action:
 
 
 def _rows(session: Session, tenant_id: str | None = None) -> Iterator[FunctionRow]:
-    query = select(FunctionRow).where(FunctionRow.placement == _HUB)
+    query = select(FunctionRow).where(FunctionRow.placement == HUB)
     if tenant_id is not None:
         query = query.where(FunctionRow.tenant_id == tenant_id)
     # A stored JSON null is not SQL NULL: which ones have a trigger is decided here.
@@ -131,7 +131,7 @@ def tenant_rules(session: Session, tenant_id: str) -> list[Rule]:
 
 def started(row: FunctionRow) -> bool:
     """Whether the rules runner starts this function: on the hub, with a trigger or a cron."""
-    return row.placement == _HUB and _started(row)
+    return row.placement == HUB and _started(row)
 
 
 def deployed(
@@ -141,7 +141,7 @@ def deployed(
     is the first thing of the tenant the rules runner follows, the runner's place at the
     newest event (a trigger reacts to what happens from its deploy on, not to the events
     the store already held)."""
-    cron = row.cron if row.placement == _HUB else ""
+    cron = row.cron if row.placement == HUB else ""
     keep_function_cron(session, row.tenant_id, row.name, cron, created_by, now)
     if not started(row) or was_started:
         return

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# Where a function runs when it is not on devices (its placement is otherwise a selector).
+HUB = "hub"
 DESIRED_KEY = "functions"
 # The event a device sends for each invocation of an edge function; its source is
 # ``functions/<name>`` and its id the invocation's idempotency key.
