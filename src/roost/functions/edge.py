@@ -22,6 +22,7 @@ after a reconnect or handled again after a crash, an invocation counts once.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import json
 from collections.abc import Iterable, Mapping
@@ -79,8 +80,14 @@ def wanted(
     return {
         name: {"version": version}
         for name, version, selector in sorted(functions)
-        if Selector.parse(selector).matches(labels)
+        if _selector(selector).matches(labels)
     }
+
+
+@functools.lru_cache(maxsize=1024)
+def _selector(text: str) -> Selector:
+    # Parsed once per placement, not once per device and pass of the hub's loop.
+    return Selector.parse(text)
 
 
 def reconcile(session: Session, tenant_id: str) -> list[tuple[str, Desired]]:
@@ -95,13 +102,17 @@ def reconcile(session: Session, tenant_id: str) -> list[tuple[str, Desired]]:
         )
     ]
     changes = []
-    devices = session.scalars(
-        select(Device).where(Device.tenant_id == tenant_id, Device.state == "active")
-    )
-    for device in devices:
-        want = wanted(functions, device.labels)
-        if (device.desired.get(DESIRED_KEY) or {}) == want:
+    # Only the columns the decision reads: the hub's loop runs this every few seconds.
+    rows = session.execute(
+        select(Device.id, Device.labels, Device.desired).where(
+            Device.tenant_id == tenant_id, Device.state == "active"
+        )
+    ).all()
+    for device_id, labels, current in rows:
+        want = wanted(functions, labels)
+        if (current.get(DESIRED_KEY) or {}) == want:
             continue
+        device = session.get_one(Device, device_id)
         desired = {k: v for k, v in device.desired.items() if k != DESIRED_KEY}
         device.desired = {**desired, DESIRED_KEY: want} if want else desired
         device.desired_version += 1
