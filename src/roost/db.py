@@ -8,12 +8,22 @@ which the hub runs at start; every table that belongs to someone has a ``tenant_
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Engine, MetaData, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    DateTime,
+    Engine,
+    MetaData,
+    create_engine,
+    delete,
+    event,
+    select,
+)
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 NAMING = {
@@ -50,6 +60,20 @@ class Base(DeclarativeBase):
     }
 
 
+def delete_oldest(
+    session: Session,
+    key: InstrumentedAttribute[Any],
+    where: ColumnElement[bool],
+    batch: int,
+) -> int:
+    """Delete up to ``batch`` rows of ``key``'s table that match ``where``, lowest ``key``
+    first; how many went (``Database.delete_in_batches`` calls it until none)."""
+    ids = list(session.scalars(select(key).where(where).order_by(key).limit(batch)))
+    if ids:
+        session.execute(delete(key.class_).where(key.in_(ids)))
+    return len(ids)
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -84,6 +108,18 @@ class Database:
     def session(self) -> Iterator[Session]:
         with self._sessions() as session, session.begin():
             yield session
+
+    def delete_in_batches(self, delete_some: Callable[[Session], int]) -> int:
+        """Call ``delete_some`` (it deletes up to a batch of rows and says how many), each
+        time in a transaction of its own, until it deletes none; how many went in all.
+        So catching up on a long backlog never holds one huge lock."""
+        total = 0
+        while True:
+            with self.session() as session:
+                deleted = delete_some(session)
+            total += deleted
+            if not deleted:
+                return total
 
     def dispose(self) -> None:
         self.engine.dispose()

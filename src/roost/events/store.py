@@ -14,10 +14,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import delete, event, func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from roost.db import delete_oldest
 from roost.events.models import EventRow
 
 HUB_SOURCE = "roost://hub"
@@ -86,13 +87,4 @@ def expire_events(session: Session, cutoff: dt.datetime, batch: int = 10_000) ->
 
     In batches, so a hub catching up on a long retention never holds one huge lock.
     """
-    oldest = (
-        select(EventRow.seq)
-        .where(EventRow.received_at < cutoff)
-        .order_by(EventRow.seq)
-        .limit(batch)
-    )
-    seqs = list(session.scalars(oldest))
-    if seqs:
-        session.execute(delete(EventRow).where(EventRow.seq.in_(seqs)))
-    return len(seqs)
+    return delete_oldest(session, EventRow.seq, EventRow.received_at < cutoff, batch)

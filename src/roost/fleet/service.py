@@ -15,11 +15,12 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from roost.access import Principal
 from roost.apps.manifest import APP_NAME_RE
+from roost.db import delete_oldest
 from roost.errors import (
     NotFoundError,
     TokenExpiredError,
@@ -316,12 +317,5 @@ def revocations(session: Session) -> tuple[list[Revoked], list[str]]:
 def prune_commands(session: Session, cutoff: dt.datetime, batch: int = 10_000) -> int:
     """Delete up to ``batch`` commands created before ``cutoff`` that are no longer
     pending (answered, failed or timed out); how many were deleted."""
-    done = (
-        select(CommandRow.id)
-        .where(CommandRow.created_at < cutoff, CommandRow.status != "pending")
-        .limit(batch)
-    )
-    ids = list(session.scalars(done))
-    if ids:
-        session.execute(delete(CommandRow).where(CommandRow.id.in_(ids)))
-    return len(ids)
+    finished = and_(CommandRow.created_at < cutoff, CommandRow.status != "pending")
+    return delete_oldest(session, CommandRow.id, finished, batch)

@@ -424,24 +424,19 @@ class Hub:
 
     async def _retention_loop(self) -> None:
         """Delete stored events and finished commands older than their retention."""
+        kept = (
+            ("events", self._expire_events, self.settings.event_retention_days),
+            ("finished commands", self._prune_commands, self.settings.command_retention_days),
+        )
         while True:
-            try:
-                deleted = await asyncio.to_thread(self._expire_events)
+            for what, expire, days in kept:
+                try:
+                    deleted = await asyncio.to_thread(expire)
+                except Exception:
+                    log.exception("deleting old %s failed", what)
+                    continue
                 if deleted:
-                    log.info(
-                        "deleted %d events past the %g-day retention",
-                        deleted,
-                        self.settings.event_retention_days,
-                    )
-                pruned = await asyncio.to_thread(self._prune_commands)
-                if pruned:
-                    log.info(
-                        "deleted %d finished commands past the %g-day retention",
-                        pruned,
-                        self.settings.command_retention_days,
-                    )
-            except Exception:
-                log.exception("deleting old events or commands failed")
+                    log.info("deleted %d %s past the %g-day retention", deleted, what, days)
             await asyncio.sleep(RETENTION_CHECK_S)
 
     async def _schedule_loop(self) -> None:
@@ -479,23 +474,11 @@ class Hub:
 
     def _expire_events(self) -> int:
         cutoff = utcnow() - dt.timedelta(days=self.settings.event_retention_days)
-        total = 0
-        while True:
-            with self.db.session() as session:
-                deleted = expire_events(session, cutoff)
-            total += deleted
-            if not deleted:
-                return total
+        return self.db.delete_in_batches(lambda session: expire_events(session, cutoff))
 
     def _prune_commands(self) -> int:
         cutoff = utcnow() - dt.timedelta(days=self.settings.command_retention_days)
-        total = 0
-        while True:
-            with self.db.session() as session:
-                deleted = fleet.prune_commands(session, cutoff)
-            total += deleted
-            if not deleted:
-                return total
+        return self.db.delete_in_batches(lambda session: fleet.prune_commands(session, cutoff))
 
     # -- revocation ----------------------------------------------------------------------
 

@@ -38,10 +38,10 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
-from sqlalchemy import case, delete, literal, select, update
+from sqlalchemy import and_, case, literal, select, update
 from sqlalchemy.orm import Session
 
-from roost.db import Database, UTCDateTime, utcnow
+from roost.db import Database, UTCDateTime, delete_oldest, utcnow
 from roost.errors import DeliveryError
 from roost.rules.models import ActionRow
 from roost.rules.secrets import SecretStore
@@ -191,15 +191,8 @@ def record(session: Session, results: list[tuple[Claimed, Settlement]]) -> int:
 
 def prune(session: Session, cutoff: dt.datetime, batch: int = 10_000) -> int:
     """Delete up to ``batch`` rows delivered before ``cutoff``; how many went."""
-    old = (
-        select(ActionRow.id)
-        .where(ActionRow.status == "delivered", ActionRow.delivered_at < cutoff)
-        .limit(batch)
-    )
-    ids = list(session.scalars(old))
-    if ids:
-        session.execute(delete(ActionRow).where(ActionRow.id.in_(ids)))
-    return len(ids)
+    delivered = and_(ActionRow.status == "delivered", ActionRow.delivered_at < cutoff)
+    return delete_oldest(session, ActionRow.id, delivered, batch)
 
 
 # -- the loop ----------------------------------------------------------------------------
@@ -404,7 +397,4 @@ class Delivery:
 
     def _prune(self) -> None:
         cutoff = utcnow() - dt.timedelta(days=self.settings.event_retention_days)
-        while True:
-            with self.db.session() as session:
-                if not prune(session, cutoff):
-                    return
+        self.db.delete_in_batches(lambda session: prune(session, cutoff))
