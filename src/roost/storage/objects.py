@@ -177,9 +177,7 @@ def begin_put(
     leftovers: list[Placed] = []
     with hub.db.session() as session:
         lock(session, principal.tenant_id)
-        quota, _ = quota_of(session, hub.settings, principal.tenant_id)
-        usage = usage_of(session, principal.tenant_id, utcnow(), (bucket, name))
-        check_put(f"{bucket}/{name}", declared or 0, quota, usage)
+        quota, usage = _fits(session, hub, principal.tenant_id, bucket, name, declared or 0)
         for old in session.scalars(
             select(ObjectRow).where(
                 ObjectRow.tenant_id == principal.tenant_id,
@@ -203,6 +201,17 @@ def begin_put(
             )
         )
     return object_id, leftovers, quota, usage
+
+
+def _fits(
+    session: Session, hub: HubContext, tenant_id: str, bucket: str, name: str, size: int
+) -> tuple[int | None, Usage]:
+    """Check, holding the tenant's lock, that ``size`` more bytes as ``bucket/name`` fit
+    its quota (``QuotaExceededError``); the quota and the usage it was decided on."""
+    quota, _ = quota_of(session, hub.settings, tenant_id)
+    usage = usage_of(session, tenant_id, utcnow(), (bucket, name))
+    check_put(f"{bucket}/{name}", size, quota, usage)
+    return quota, usage
 
 
 def release(hub: HubContext, object_id: str, forget: bool) -> None:
@@ -237,9 +246,7 @@ def record_placement(
         if obj is None:
             raise StorageError(f"object {object_id} was replaced while it was being put")
         # The size it declared may not be the size it has (or it declared none).
-        quota, _ = quota_of(session, hub.settings, principal.tenant_id)
-        usage = usage_of(session, principal.tenant_id, utcnow(), (obj.bucket, obj.name))
-        check_put(f"{obj.bucket}/{obj.name}", manifest.object_size, quota, usage)
+        _fits(session, hub, principal.tenant_id, obj.bucket, obj.name, manifest.object_size)
         obj.manifest, obj.wrapped_key, obj.size = manifest.to_json(), wrapped, manifest.object_size
         obj.k, obj.n = manifest.k, manifest.n
         return _add_shares(session, object_id, placement, sizes, hashes)

@@ -50,7 +50,12 @@ from roost.storage.objects import (
     view,
 )
 from roost.storage.placement import place
-from roost.storage.transfer import DRAIN_LABEL, ask_all, online, storage_nodes, timeout_for
+from roost.storage.transfer import (
+    DRAIN_LABEL,
+    fetch_all,
+    online,
+    storage_nodes,
+)
 from roost.wire import Desired
 
 router = APIRouter()  # under /v1, through roost.storage.routes
@@ -155,16 +160,7 @@ async def _rebuild_locked(
         rows, gone = await run_in_threadpool(
             replace_shares, hub, obj.id, moved, spool.sizes, hashes
         )
-        asks = [
-            (
-                r.device_id,
-                "share-fetch",
-                {"share": r.id, "size": r.size, "hash": r.hash},
-                timeout_for(hub, r.size),
-            )
-            for r in rows
-        ]
-        answers = await ask_all(hub, tenant, asks)
+        answers = await fetch_all(hub, tenant, rows)
         await run_in_threadpool(
             settle_shares, hub, {r.id: a for r, a in zip(rows, answers, strict=True)}
         )

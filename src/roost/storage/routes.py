@@ -61,7 +61,7 @@ from roost.storage.objects import (
 )
 from roost.storage.placement import StorageNode, choose_code, place, repair_threshold
 from roost.storage.quota import check_put
-from roost.storage.transfer import ask_all, online, storage_nodes, timeout_for
+from roost.storage.transfer import ask_all, fetch_all, online, storage_nodes
 from roost.storage.usage import router as usage_router
 
 router = APIRouter(prefix="/v1")
@@ -209,16 +209,7 @@ async def _place(
         spool.sizes,
         [h.hexdigest() for h in spool.hashes],
     )
-    asks = [
-        (
-            row.device_id,
-            "share-fetch",
-            {"share": row.id, "size": row.size, "hash": row.hash},
-            timeout_for(hub, row.size),
-        )
-        for row in rows
-    ]
-    answers = await ask_all(hub, principal.tenant_id, asks)
+    answers = await fetch_all(hub, principal.tenant_id, rows)
     threshold = repair_threshold(manifest.k, manifest.n)
     stored, to_delete, why = await run_in_threadpool(
         finish_put,

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from roost.api import HubContext
 from roost.db import utcnow
 from roost.fleet.models import CommandRow, Device
+from roost.storage.models import ShareRow
 from roost.storage.placement import StorageNode
 
 # A share moves at no less than this (bytes/s) before its command times out.
@@ -118,3 +119,18 @@ async def ask_all(
         return await ask(hub, tenant_id, device, name, args, timeout)
 
     return list(await asyncio.gather(*(one(*a) for a in asks)))
+
+
+async def fetch_all(hub: HubContext, tenant_id: str, rows: Sequence[ShareRow]) -> list[Answer]:
+    """Ask each share's device to fetch it from the hub's spool (``share-fetch``); the
+    answers in the order of ``rows``."""
+    asks = [
+        (
+            row.device_id,
+            "share-fetch",
+            {"share": row.id, "size": row.size, "hash": row.hash},
+            timeout_for(hub, row.size),
+        )
+        for row in rows
+    ]
+    return await ask_all(hub, tenant_id, asks)
