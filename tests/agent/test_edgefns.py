@@ -114,6 +114,9 @@ def test_a_bad_emitted_event_fails_the_invocation_and_sends_none() -> None:
     assert [e["type"] for e in sent] == ["roost.function.invoked"]
     assert sent[0]["data"]["ok"] is False
     assert "emitted event 0 is refused" in sent[0]["data"]["error"]
+    forged = Outcome(ok=True, events=({"type": "roost.function.invoked", "data": {"ok": True}},))
+    record = outputs(_door(), EVENT, forged, NOW, 1000)[-1]["event"]["data"]
+    assert "roost.* events are the hub's own" in record["error"], "no forged invocations"
     big = Outcome(ok=True, events=({"type": "app.big", "data": "x" * 2000},))
     record = outputs(_door(), EVENT, big, NOW, 1000)[-1]["event"]["data"]
     assert "2002 bytes is more than the 1000-byte limit" in record["error"]

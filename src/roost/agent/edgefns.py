@@ -42,7 +42,7 @@ from roost.agent.runtime import backoff
 from roost.agent.updates import HubFetch, SignedUpdates
 from roost.atomic import write_atomic
 from roost.errors import RoostError, UpdateError, UpdateRefusedError, ValidationError
-from roost.events.cloudevents import parse_event
+from roost.events.cloudevents import emitted_event
 from roost.events.patterns import Trigger
 from roost.functions.pool import Code, Outcome, Pool
 from roost.settings import AgentSettings
@@ -137,8 +137,7 @@ def outputs(
     error = outcome.error
     for n, raw in enumerate(outcome.events if outcome.ok else ()):
         try:
-            fields = {**raw, "id": _short(f"{key}/{n}"), "subject": raw.get("subject") or None}
-            row = parse_event(fields, "", max_bytes, started)
+            row = emitted_event(raw, _short(f"{key}/{n}"), "", max_bytes, started)
         except ValidationError as err:
             error, emitted = f"emitted event {n} is refused: {err}", []
             break

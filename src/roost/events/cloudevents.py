@@ -74,6 +74,30 @@ def parse_event(
     }
 
 
+def emitted_event(
+    emitted: Mapping[str, Any],
+    event_id: str,
+    tenant_id: str,
+    max_data_bytes: int,
+    now: dt.datetime,
+    where: str = "event",
+) -> dict[str, Any]:
+    """A row for the event store from what a function emitted with ``ctx.emit``
+    (``{"type", "subject", "data"}``), under ``event_id``; ``ValidationError`` when it is
+    not an event, or claims a ``roost.*`` type (those are Roost's own: a function could
+    otherwise pass for the hub or for a device's report of an invocation)."""
+    raw = {
+        "id": event_id,
+        "type": emitted.get("type"),
+        "subject": emitted.get("subject") or None,
+        "data": emitted.get("data"),
+    }
+    row = parse_event(raw, tenant_id, max_data_bytes, now, where)
+    if row["type"].startswith("roost."):
+        raise ValidationError(f"{where}.type: {row['type']!r}: roost.* events are the hub's own")
+    return row
+
+
 def _text(raw: Mapping[str, Any], key: str, where: str, limit: int, required: bool = False) -> str:
     value = raw.get(key)
     if value is None and not required:

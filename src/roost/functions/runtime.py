@@ -25,7 +25,7 @@ from typing import Any
 
 from roost.db import Database, utcnow
 from roost.errors import ValidationError
-from roost.events.cloudevents import parse_event
+from roost.events.cloudevents import emitted_event
 from roost.events.store import insert_events
 from roost.functions import service
 from roost.functions.models import Invocation
@@ -125,18 +125,9 @@ def emitted_events(
     names the first that is not an event."""
     rows = []
     for index, emitted in enumerate(events):
+        event_id = f"{key}/{index}" if key else str(uuid.uuid4())
         where = f"ctx.emit event {index + 1}"
-        raw = {
-            "id": f"{key}/{index}" if key else str(uuid.uuid4()),
-            "type": emitted.get("type"),
-            "subject": emitted.get("subject") or None,
-            "data": emitted.get("data"),
-        }
-        row = parse_event(raw, tenant_id, max_data_bytes, now, where)
-        if row["type"].startswith("roost."):
-            raise ValidationError(
-                f"{where}.type: {row['type']!r}: roost.* events are the hub's own"
-            )
+        row = emitted_event(emitted, event_id, tenant_id, max_data_bytes, now, where)
         row["source"] = EMIT_SOURCE + name
         rows.append(row)
     return rows
