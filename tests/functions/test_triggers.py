@@ -237,7 +237,8 @@ def test_redeploys_and_removals_change_what_the_runner_does(db: Database) -> Non
     assert len(outbox(db)) == 2
 
 
-def test_a_first_trigger_does_not_react_to_events_from_before_it(db: Database) -> None:
+def apply_a_rule(db: Database) -> None:
+    """A rule ``r`` the tests' events never reach."""
     with db.session() as session:
         rules.apply(
             session,
@@ -246,6 +247,10 @@ def test_a_first_trigger_does_not_react_to_events_from_before_it(db: Database) -
             "r.yaml",
             T0,
         )
+
+
+def test_a_first_trigger_does_not_react_to_events_from_before_it(db: Database) -> None:
+    apply_a_rule(db)
     RuleRunner(db).run_once()
     with db.session() as session:
         rules.remove(session, OWNER, "r")
@@ -421,13 +426,6 @@ def test_a_first_rule_does_not_skip_events_waiting_for_a_trigger(db: Database) -
     deploy(db, "greet", {"type": ["app.door.*"]})
     opened = event("app.door.opened")
     store(db, opened)  # stored, not yet evaluated
-    with db.session() as session:
-        rules.apply(
-            session,
-            OWNER,
-            "id: r\ntrigger: {type: x}\nactions: [{kind: emit, type: y}]\n",
-            "r.yaml",
-            T0,
-        )
+    apply_a_rule(db)
     RuleRunner(db).run_once()
     assert [(a.rule_id, a.event_id) for a in outbox(db)] == [("fn:greet", opened["id"])]
