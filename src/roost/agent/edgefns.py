@@ -369,10 +369,12 @@ class EdgeFunctions:
 
     async def _handle_batch(self) -> bool:
         """Handle the oldest inbox events; whether there may be more."""
-        dropped = self._outbox.trim_inbox(self._settings.outbox_max_messages)
-        if dropped:
-            log.warning("the edge functions' inbox was full: dropped its %d oldest", dropped)
         pending = self._outbox.inbox(BATCH)
+        if len(pending) == BATCH:  # a backlog: keep it within the store's bound
+            dropped = self._outbox.trim_inbox(self._settings.outbox_max_messages)
+            if dropped:
+                log.warning("the edge functions' inbox was full: dropped its %d oldest", dropped)
+                pending = self._outbox.inbox(BATCH)
         for item in pending:
             await self._handle(item)
         return len(pending) == BATCH
