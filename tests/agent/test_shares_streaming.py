@@ -20,7 +20,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from roost.agent import hubapi
+from roost.agent import hubapi, shares
 from roost.agent.shares import ShareCommands, ShareStore
 from roost.errors import StorageError
 from roost.pki import signing
@@ -219,3 +219,51 @@ def test_the_reader_hands_out_views_of_one_buffer(tmp_path: Path) -> None:
         seen += chunk
     assert bytes(seen) == data
     assert len(buffers) == 1, "one buffer reused, not one per chunk"
+
+
+def _advised(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """Every (offset, length, advice) given to ``posix_fadvise`` from here on."""
+    calls: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append((offset, length, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    return calls
+
+
+def test_a_share_written_leaves_the_page_cache_as_it_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each advice covers all that came so far, not only the last window: pages still dirty
+    # at one call are evicted at a later one, so a share never fills memory whole.
+    data = os.urandom(SIZE)
+    calls = _advised(monkeypatch)
+    store = ShareStore(tmp_path / "shares", quota_bytes=SIZE)
+    writer = store.receive(SHARE, SIZE, blake3.blake3(data).hexdigest())
+    for start in range(0, SIZE, hubapi.CHUNK):
+        writer.write(data[start : start + hubapi.CHUNK])
+    writer.commit()
+    evictions = [c for c in calls if c[2] == os.POSIX_FADV_DONTNEED]
+    assert store.read(SHARE) == (data, "")
+    assert len(evictions) == SIZE // shares.EVICT_EVERY, "evicted window by window"
+    assert all(offset == 0 for offset, _, _ in evictions)
+    lengths = [length for _, length, _ in evictions]
+    assert lengths == sorted(lengths)
+    assert lengths[-1] >= SIZE - shares.EVICT_EVERY
+
+
+def test_a_share_read_leaves_the_page_cache_as_it_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, data = _stored(tmp_path)
+    reader = store.open(SHARE)
+    assert reader is not None
+    calls = _advised(monkeypatch)
+    assert b"".join(bytes(c) for c in reader.chunks()) == data
+    assert calls[0][2] == os.POSIX_FADV_SEQUENTIAL
+    evicted = [length for offset, length, advice in calls if advice == os.POSIX_FADV_DONTNEED]
+    assert len(evicted) == SIZE // shares.EVICT_EVERY
+    assert evicted[-1] >= SIZE - shares.EVICT_EVERY

@@ -129,6 +129,18 @@ class ShareStore:
         return existed
 
 
+EVICT_EVERY = 8 << 20
+
+
+def _advise(fd: int, upto: int, advice: int) -> int:
+    """``posix_fadvise`` over the first ``upto`` bytes of a file (0: all of it); answers
+    ``upto``. With ``POSIX_FADV_DONTNEED`` Linux evicts the clean
+    pages of the range and starts writing back the dirty ones, which a later call then
+    evicts. It does not wait, and it promises nothing: durability is a writer's fsync."""
+    os.posix_fadvise(fd, 0, upto, advice)
+    return upto
+
+
 class RottenShareError(StorageError):
     """A share that no longer matches its hash, found while it was being sent."""
 
@@ -142,17 +154,21 @@ class ShareReader:
         self.path, self.size, self.expected = path, size, expected_hash
 
     def chunks(self, chunk_size: int = hubapi.CHUNK) -> Iterator[memoryview]:
-        """Views of one reused buffer: send each before asking for the next."""
+        """Views of one reused buffer: send each before asking for the next. What was read
+        leaves the page cache as it goes (a share is cold data, read once in a while)."""
         buffer = memoryview(bytearray(chunk_size))
         digest = blake3.blake3()
-        done = count = 0
+        done = count = evicted = 0
         with self.path.open("rb", buffering=0) as f:
+            _advise(f.fileno(), 0, os.POSIX_FADV_SEQUENTIAL)
             while done < self.size:
                 count = f.readinto(buffer[: min(chunk_size, self.size - done)])
                 if not count:
                     break
                 digest.update(buffer[:count])
                 done += count
+                if done - evicted >= EVICT_EVERY:
+                    evicted = _advise(f.fileno(), done, os.POSIX_FADV_DONTNEED)
                 if done < self.size:
                     yield buffer[:count]
             if done != self.size or f.read(1) or digest.hexdigest() != self.expected:
@@ -165,13 +181,13 @@ class ShareWriter:
     """A share written to a temporary file as it arrives, hashed on the way; ``commit``
     checks it and renames it into place, ``discard`` (always call it) drops what is left.
 
-    Every ``WRITEBACK`` bytes the kernel is told to start writing what came so far and to
-    drop it from the page cache once written: the disk works while the share arrives
-    instead of all at once in ``commit``'s fsync, and a small device's memory does not
-    fill with a big share's pages. ``commit`` still fsyncs before anything is kept.
+    Every ``EVICT_EVERY`` bytes the kernel is told to start writing what came since, and to
+    drop from the page cache what came before that it has written by now: the disk works
+    while the share arrives instead of all at once in ``commit``'s fsync, and a share
+    occupies a few windows of page cache, not its whole size. A small device's memory does
+    not fill with a big share's pages, and the pages freed are the ones the next window
+    reuses. ``commit`` still fsyncs before anything is kept.
     """
-
-    WRITEBACK = 8 << 20
 
     def __init__(self, path: Path, size: int, expected_hash: str) -> None:
         self.path, self.size, self.expected = path, size, expected_hash
@@ -190,18 +206,10 @@ class ShareWriter:
             view = memoryview(chunk)
             while view:  # an unbuffered write may take part of it
                 view = view[self._file.write(view) :]
-            if self._written - self._flushed >= self.WRITEBACK:
-                self._start_writeback()
+            if self._written - self._flushed >= EVICT_EVERY:
+                self._flushed = _advise(self._file.fileno(), self._written, os.POSIX_FADV_DONTNEED)
         except OSError as err:  # not the network's fault: say so
             raise StorageError(f"cannot write share {self.path.name}: {err}") from err
-
-    def _start_writeback(self) -> None:
-        # Linux starts writing the dirty range back and evicts pages already clean; it
-        # does not wait, and it promises nothing: durability is commit's fsync.
-        if hasattr(os, "posix_fadvise"):
-            length = self._written - self._flushed
-            os.posix_fadvise(self._file.fileno(), self._flushed, length, os.POSIX_FADV_DONTNEED)
-        self._flushed = self._written
 
     def commit(self) -> None:
         os.fsync(self._file.fileno())
