@@ -341,7 +341,7 @@ class RoostClient:
                     response.read()
                     _raise_for(response)
                 size = 0
-                for chunk in response.iter_bytes(1 << 20):
+                for chunk in response.iter_bytes():  # as they arrive: no rejoining
                     out.write(chunk)
                     size += len(chunk)
                     if progress is not None:
