@@ -111,7 +111,7 @@ def test_a_corrupt_share_is_named_by_a_worker(pool: CodecPool | CodecThreads) ->
     encoder, segments = encode(data, CodecParams(2, 4, segment_size=SEGMENT), pool)
     decoder = Decoder(encoder.manifest, encoder.data_key, pool)
     shares = list(segments[0].shares)
-    shares[2] = Share(0, 2, shares[2].data[:-1] + b"!")
+    shares[2] = Share(0, 2, shares[2].data[:-1] + bytes([shares[2].data[-1] ^ 1]))
     out = decoder.feed(0, [shares[2], shares[3], shares[0]])
     out += decoder.feed(1, segments[1].shares[:2]) + decoder.finish()
     assert [d.corrupt for d in out] == [(2,), ()]

@@ -19,6 +19,7 @@ A share file holds one share index of every segment, one after the other; its ha
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import re
@@ -154,10 +155,16 @@ async def _receive(
     fits: Callable[[int], None],
 ) -> None:
     """Code the body into the spool; ``fits(bytes so far)`` raises once they pass the
-    tenant's quota, before the rest is read."""
+    tenant's quota, before the rest is read.
+
+    The codec and the disk block, so a worker thread codes about a MiB at a time (one
+    thread hop per MiB, not per read of the socket, ~64 KiB) while the next MiB is read:
+    one batch in flight, so the encoder sees the chunks in order.
+    """
     received = 0
     batch: list[bytes] = []
     pending = 0
+    coding: asyncio.Future[None] | None = None
 
     def code(chunks: list[bytes], last: bool) -> None:
         for chunk in chunks:
@@ -171,17 +178,21 @@ async def _receive(
             fits(received)
             batch.append(chunk)
             pending += len(chunk)
-            # The codec and the disk block; pyeclib holds the GIL only while it codes.
-            # One thread hop per MiB or more, not per read of the socket (~64 KiB).
             if pending >= exchange.CHUNK:
-                await run_in_threadpool(code, batch, False)
+                if coding is not None:
+                    await coding
+                coding = asyncio.ensure_future(run_in_threadpool(code, batch, False))
                 batch, pending = [], 0
+        if coding is not None:
+            await coding
         await run_in_threadpool(code, batch, True)
     except ClientDisconnect as err:
         raise ValidationError(
             f"the upload of {what} was cut off; it stays pending until a retry"
         ) from err
     finally:
+        if coding is not None:  # the spool is closed only once its thread is done with it
+            await asyncio.wait([coding])
         await run_in_threadpool(spool.close)
 
 
