@@ -45,6 +45,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--agents", type=int, default=8, help="agents offering space")
     parser.add_argument("--quota-mib", type=int, default=1024, help="space each offers")
     parser.add_argument("--code", default="", help="K-of-N instead of the fleet's default")
+    parser.add_argument(
+        "--client-mb-s",
+        type=float,
+        default=0,
+        help="a client that sends its put no faster than this (a laptop on Wi-Fi)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--json-out", type=Path, help="also write the JSON to this file")
     parser.add_argument(
@@ -62,10 +68,12 @@ def random_file(path: Path, size: int) -> None:
 
 
 class Marks:
-    """When a transfer's first and last bytes went by (progress callbacks)."""
+    """When a transfer's first and last bytes went by (progress callbacks); with a
+    ``limit`` (MB/s), the client waits in each callback so it sends no faster."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, limit: float = 0) -> None:
         self.size, self.done, self.started = size, 0, time.monotonic()
+        self.limit = limit
         self.at: dict[str, float] = {}
 
     def progress(self, count: int) -> None:
@@ -74,6 +82,8 @@ class Marks:
         self.done += count
         if self.done >= self.size:
             self.at["last"] = time.monotonic()
+        if self.limit:
+            time.sleep(max(0.0, self.started + self.done / (self.limit * 1e6) - time.monotonic()))
 
     def since_start(self, mark: str) -> float:
         return round(self.at.get(mark, float("nan")) - self.started, 2)
@@ -241,7 +251,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             meters |= {f"agent{i}": Meter(p.pid) for i, p in enumerate(agents)}
 
             profiler = Profiler(args.profile, {"hub": hub.pid, "agent0": agents[0].pid})
-            marks = Marks(size)
+            marks = Marks(size, args.client_mb_s)
             result["put"] = timed(
                 size,
                 meters,
