@@ -254,9 +254,9 @@ class CodecThreads:
 
     ``Encoder(params, threads)`` / ``Decoder(manifest, key, threads)`` hand each segment
     to a thread and take the results back in order, at most ``window`` segments ahead.
-    One instance may serve many streams and threads at once (a hub keeps one). The
-    segments and shares are passed by reference: only bytes that cannot change are
-    handed over (the codec copies the rest first).
+    One instance may serve many streams and threads at once. The segments and shares
+    are passed by reference: only bytes that cannot change are handed over (the codec
+    copies the rest first).
     """
 
     def __init__(self, workers: int | None = None) -> None:
