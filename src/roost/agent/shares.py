@@ -134,9 +134,9 @@ EVICT_EVERY = 8 << 20
 
 def _advise(fd: int, upto: int, advice: int) -> int:
     """``posix_fadvise`` over the first ``upto`` bytes of a file (0: all of it); answers
-    ``upto``. With ``POSIX_FADV_DONTNEED`` Linux evicts the clean
-    pages of the range and starts writing back the dirty ones, which a later call then
-    evicts. It does not wait, and it promises nothing: durability is a writer's fsync."""
+    ``upto``. With ``POSIX_FADV_DONTNEED`` Linux evicts the clean pages of the range and
+    starts writing back the dirty ones, which a later call then evicts. It does not
+    wait, and it promises nothing: durability is a writer's fsync."""
     os.posix_fadvise(fd, 0, upto, advice)
     return upto
 
