@@ -7,7 +7,6 @@ A real HTTPS server on loopback stands in for the hub; it serves and takes bodie
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import http.server
 import os
 import ssl
@@ -20,6 +19,7 @@ from pathlib import Path
 import blake3
 import pytest
 
+from agent.https_server import serve_https
 from roost.agent import hubapi, shares
 from roost.agent.shares import ShareCommands, ShareStore
 from roost.errors import StorageError
@@ -52,16 +52,6 @@ class FakeHub:
 
 @pytest.fixture
 def fake_hub(tmp_path: Path) -> Iterator[FakeHub]:
-    from roost.pki.ca import CertificateAuthority, cert_to_pem
-    from roost.pki.keys import generate_key, key_to_pem
-
-    ca = CertificateAuthority.create()
-    key = generate_key()
-    cert = ca.issue_server(["localhost", "127.0.0.1"], key.public_key(), dt.timedelta(days=1))
-    (tmp_path / "server.pem").write_text(cert_to_pem(cert))
-    (tmp_path / "server.key").write_bytes(key_to_pem(key))
-    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_context.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
     share = tmp_path / "hub-share"
     with share.open("wb") as out:
         out.write(os.urandom(SIZE))
@@ -100,17 +90,8 @@ def fake_hub(tmp_path: Path) -> Iterator[FakeHub]:
         def log_message(self, format: str, *args: object) -> None:
             del format, args  # quiet
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.socket = server_context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"https://127.0.0.1:{server.server_address[1]}"
-        yield FakeHub(url, hubapi.verified_context(ca.cert_pem), share, received, put_read)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_https(Handler) as (url, context):
+        yield FakeHub(url, context, share, received, put_read)
 
 
 def _peak(run: Callable[[], object]) -> tuple[object, int]:

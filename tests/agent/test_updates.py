@@ -12,7 +12,6 @@ import re
 import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from tuf.api.metadata import (
     Timestamp,
 )
 
+from agent.https_server import serve_https
 from roost.agent import hubapi
 from roost.agent.updates import SignedTarget, SignedUpdates, UpdateLimits
 from roost.errors import (
@@ -407,17 +407,7 @@ def test_importing_the_module_does_not_import_tuf() -> None:
 
 
 @pytest.fixture
-def https_hub(tmp_path: Path) -> Iterator[tuple[str, ssl.SSLContext, list[dict[str, str]]]]:
-    from roost.pki.ca import CertificateAuthority, cert_to_pem
-    from roost.pki.keys import generate_key, key_to_pem
-
-    ca = CertificateAuthority.create()
-    key = generate_key()
-    cert = ca.issue_server(["localhost", "127.0.0.1"], key.public_key(), dt.timedelta(days=1))
-    (tmp_path / "server.pem").write_text(cert_to_pem(cert))
-    (tmp_path / "server.key").write_bytes(key_to_pem(key))
-    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_context.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+def https_hub() -> Iterator[tuple[str, ssl.SSLContext, list[dict[str, str]]]]:
     seen: list[dict[str, str]] = []
     body = bytes(range(256)) * 1024  # 256 KiB, more than one chunk
 
@@ -439,20 +429,8 @@ def https_hub(tmp_path: Path) -> Iterator[tuple[str, ssl.SSLContext, list[dict[s
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.socket = server_context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield (
-            f"https://127.0.0.1:{server.server_address[1]}",
-            hubapi.verified_context(ca.cert_pem),
-            seen,
-        )
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_https(Handler) as (url, context):
+        yield url, context, seen
 
 
 def test_hubapi_fetch_signs_reads_limits_and_reports_404(
