@@ -110,7 +110,25 @@ def _worker_main(conn: Connection) -> None:
     _serve(conn, WORKER_JOBS)
 
 
-class CodecPool:
+class _ClosedOnExit:
+    """``with`` closes it (``close``), as a pool or threads must be once done with."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class CodecPool(_ClosedOnExit):
     """``workers`` coding processes (default: one per core but one, at least one)."""
 
     def __init__(self, workers: int | None = None) -> None:
@@ -237,19 +255,8 @@ class CodecPool:
                     _drop(slot)
             self._slots = [None] * self.window
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class CodecThreads:
+class CodecThreads(_ClosedOnExit):
     """``workers`` threads that seal and open segments (default: one per core).
 
     ``Encoder(params, threads)`` / ``Decoder(manifest, key, threads)`` hand each segment
@@ -277,17 +284,6 @@ class CodecThreads:
     def close(self) -> None:
         """Finish the jobs in flight and stop the threads."""
         self._executor.shutdown(wait=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _shm(size: int) -> SharedMemory:
