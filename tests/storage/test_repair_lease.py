@@ -219,9 +219,12 @@ def transfer(monkeypatch: pytest.MonkeyPatch) -> FakeTransfer:
     return fake
 
 
-def _hub(db: Database, tmp_path: Path) -> HubContext:
+@pytest.fixture
+def hub(db: Database, tmp_path: Path) -> HubContext:
+    """A hub whose database holds "b/o", due for repair (``_stored_object``)."""
     settings = HubSettings(data_dir=tmp_path / "hub", store_repair_grace_s=600)
     settings.data_dir.mkdir(exist_ok=True)
+    _stored_object(db)
     return cast(HubContext, FakeHub(settings, db))
 
 
@@ -232,7 +235,7 @@ def _manifest() -> Manifest:
     return encoder.manifest
 
 
-def _stored_object(db: Database) -> tuple[ObjectRow, Manifest]:
+def _stored_object(db: Database) -> None:
     """A complete object "b/o" (a small one: 1-of-3 copies) whose last share is on a
     revoked device: due for repair."""
     manifest = _manifest()
@@ -273,12 +276,18 @@ def _stored_object(db: Database) -> tuple[ObjectRow, Manifest]:
                     hash="0" * 64,
                 )
             )
-    return obj, manifest
 
 
 async def _rebuild_as(hub: HubContext, holder: str, wait_s: float = 0) -> int:
     obj, manifest = _loaded(hub.db)
     return await rebuild(hub, "default", obj, manifest, wait_s=wait_s, holder=holder)
+
+
+async def _held_in_transfer(hub: HubContext, transfer: FakeTransfer) -> asyncio.Task[int]:
+    """hub-a's rebuild, started and held inside its transfer until ``transfer.go``."""
+    first = asyncio.create_task(_rebuild_as(hub, "hub-a"))
+    await transfer.entered.wait()
+    return first
 
 
 def _loaded(db: Database) -> tuple[ObjectRow, Manifest]:
@@ -290,13 +299,10 @@ def _loaded(db: Database) -> tuple[ObjectRow, Manifest]:
 
 
 async def test_a_second_hub_that_will_not_wait_is_told_another_is_repairing(
-    db: Database, tmp_path: Path, transfer: FakeTransfer
+    db: Database, hub: HubContext, transfer: FakeTransfer
 ) -> None:
-    hub = _hub(db, tmp_path)
-    _stored_object(db)
     async with asyncio.timeout(30):
-        first = asyncio.create_task(_rebuild_as(hub, "hub-a"))
-        await transfer.entered.wait()
+        first = await _held_in_transfer(hub, transfer)
         with pytest.raises(
             RepairBusyError, match=r"^another hub is repairing b/o; try again shortly$"
         ):
@@ -308,13 +314,10 @@ async def test_a_second_hub_that_will_not_wait_is_told_another_is_repairing(
 
 
 async def test_a_second_hub_that_waits_rebuilds_after_the_first_never_with_it(
-    db: Database, tmp_path: Path, transfer: FakeTransfer
+    db: Database, hub: HubContext, transfer: FakeTransfer
 ) -> None:
-    hub = _hub(db, tmp_path)
-    _stored_object(db)
     async with asyncio.timeout(30):
-        first = asyncio.create_task(_rebuild_as(hub, "hub-a"))
-        await transfer.entered.wait()
+        first = await _held_in_transfer(hub, transfer)
         second = asyncio.create_task(_rebuild_as(hub, "hub-b", wait_s=30))
         await asyncio.sleep(0.2)  # hub-b looks at the lease several times meanwhile
         assert transfer.calls == ["hub-a"]
@@ -326,14 +329,11 @@ async def test_a_second_hub_that_waits_rebuilds_after_the_first_never_with_it(
 
 
 async def test_two_rebuilds_in_one_hub_wait_for_each_other(
-    db: Database, tmp_path: Path, transfer: FakeTransfer
+    hub: HubContext, transfer: FakeTransfer
 ) -> None:
     """One holder's rebuilds share its lease: the in-process lock keeps them apart."""
-    hub = _hub(db, tmp_path)
-    _stored_object(db)
     async with asyncio.timeout(30):
-        drain = asyncio.create_task(_rebuild_as(hub, "hub-a"))
-        await transfer.entered.wait()
+        drain = await _held_in_transfer(hub, transfer)
         loop = asyncio.create_task(_rebuild_as(hub, "hub-a"))
         await asyncio.sleep(0.1)
         assert len(transfer.calls) == 1
@@ -343,10 +343,8 @@ async def test_two_rebuilds_in_one_hub_wait_for_each_other(
 
 
 async def test_a_failed_rebuild_releases_its_lease(
-    db: Database, tmp_path: Path, transfer: FakeTransfer
+    db: Database, hub: HubContext, transfer: FakeTransfer
 ) -> None:
-    hub = _hub(db, tmp_path)
-    _stored_object(db)
     transfer.fail = True
     transfer.go.set()
     with pytest.raises(PlacementError):
@@ -357,10 +355,8 @@ async def test_a_failed_rebuild_releases_its_lease(
 
 
 async def test_the_loop_skips_an_object_another_hub_repairs_without_backing_off(
-    db: Database, tmp_path: Path, transfer: FakeTransfer
+    db: Database, hub: HubContext, transfer: FakeTransfer
 ) -> None:
-    hub = _hub(db, tmp_path)
-    _stored_object(db)
     transfer.go.set()
     with db.session() as session:
         assert lease.take(session, "o", "other-hub", TTL_S, db_now(session))
