@@ -20,7 +20,7 @@ from roost.agent.identity import IdentityStore
 from roost.errors import HubError
 from roost.pki import signing
 from system.harness import Agent, Hub
-from system.procs import StartProc, wait_for
+from system.procs import StartProc
 
 QUOTA = str(8 << 20)
 
@@ -49,12 +49,8 @@ def test_a_streamed_share_is_kept_only_from_its_device_and_only_if_it_matches(
         hub.join(tmp_path / f"a{i}", env={"ROOST_STORAGE_QUOTA_BYTES": QUOTA}) for i in range(3)
     ]
     hub.wait_online([a.device_id for a in agents])
+    hub.wait_offering([a.device_id for a in agents])
     with hub.client() as api:
-
-        def offering() -> bool:
-            return all(d["metrics"].get("storage_free", 0) > 0 for d in api.devices())
-
-        wait_for(offering, timeout=30, what="three devices to report free space")
         source = tmp_path / "object.bin"
         source.write_bytes(secrets.token_bytes(300_000))
         api.put_object("b", "o", source)

@@ -59,6 +59,11 @@ class Agent:
         out = subprocess.run(argv, check=True, capture_output=True, text=True)
         return out.stdout.strip()
 
+    def share_files(self) -> list[Path]:
+        """The store's shares kept on this device (not part files, not hash files)."""
+        root = self.data_dir / "shares"
+        return [p for p in root.iterdir() if "." not in p.name] if root.exists() else []
+
 
 @dataclass
 class Hub:
@@ -179,6 +184,16 @@ class Hub:
                 return all(status.get(d) == "online" for d in device_ids)
 
             wait_for(all_online, timeout=timeout, what=f"{len(device_ids)} devices online")
+
+    def wait_offering(self, device_ids: Sequence[str], timeout: float = 30) -> None:
+        """Until each of these devices reports free space for the store."""
+        with self.client() as api:
+
+            def offering() -> bool:
+                free = {d["id"]: d["metrics"].get("storage_free", 0) for d in api.devices()}
+                return all(free.get(d, 0) > 0 for d in device_ids)
+
+            wait_for(offering, timeout=timeout, what=f"{len(device_ids)} devices to offer space")
 
 
 def kill_pid(pid: int) -> None:

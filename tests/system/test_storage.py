@@ -27,11 +27,6 @@ def _store(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return cli(config, "store", *args)
 
 
-def _share_files(agent: Agent) -> list[Path]:
-    root = agent.data_dir / "shares"
-    return [p for p in root.iterdir() if "." not in p.name] if root.exists() else []
-
-
 def _get(hub: Hub, name: str = "test.txt") -> bytes:
     import io
 
@@ -52,15 +47,14 @@ def test_objects_survive_devices_going_away_and_stay_with_their_tenant(
     # A device that offers no space (the default) never gets a share.
     keeps_nothing = hub.join(tmp_path / "no-quota")
     hub.wait_online([*ids, keeps_nothing.device_id])
+    hub.wait_offering(ids)
     with hub.client() as api:
 
-        def offering() -> bool:
+        def says_it_offers_none() -> bool:
             metrics = {d["id"]: d["metrics"] for d in api.devices()}
-            return all(metrics[i].get("storage_free", 0) > 0 for i in ids) and (
-                metrics[keeps_nothing.device_id].get("storage_quota") == 0
-            )
+            return metrics[keeps_nothing.device_id].get("storage_quota") == 0
 
-        wait_for(offering, timeout=30, what="six devices to report free space")
+        wait_for(says_it_offers_none, timeout=30, what="the seventh device to offer no space")
 
     source = tmp_path / "test.txt"
     source.write_bytes(OBJECT)
@@ -78,16 +72,16 @@ def test_objects_survive_devices_going_away_and_stay_with_their_tenant(
 
     # Each device holds one share file, and no plaintext of the object.
     for agent in agents:
-        (share,) = _share_files(agent)
+        (share,) = agent.share_files()
         assert MARK not in share.read_bytes()
-    assert _share_files(keeps_nothing) == []
+    assert keeps_nothing.share_files() == []
 
     got = _store(config, "get", "test.txt", "--bucket", "photos", "-o", str(tmp_path / "back"))
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "back").read_bytes() == OBJECT
 
     # A device asks for a share that is not its own: refused, whatever the share's state.
-    (theirs,) = _share_files(agents[0])
+    (theirs,) = agents[0].share_files()
     with pytest.raises(HubError, match=f"no share {theirs.name} for device") as refused:
         _fetch_as(agents[1], hub, f"/v1/store/shares/{theirs.name}")
     assert refused.value.status == 404
@@ -147,7 +141,7 @@ def test_objects_survive_devices_going_away_and_stay_with_their_tenant(
     online = (agents[0], agents[4], agents[5])
 
     def dropped() -> bool:
-        return not any(_share_files(agent) for agent in online)
+        return not any(agent.share_files() for agent in online)
 
     wait_for(dropped, timeout=10, what="online devices to drop their shares")
 
@@ -175,7 +169,7 @@ def _small_object_with_a_corrupt_share(hub: Hub, agents: list[Agent], tmp_path: 
         assert (info["k"], info["n"]) == (1, 4)
         first = next(s for s in info["shares"] if s["index"] == 0)
         holder = next(a for a in agents if a.device_id == first["device_id"])
-        (share,) = (p for p in _share_files(holder) if p.stat().st_size < 20_000)
+        (share,) = (p for p in holder.share_files() if p.stat().st_size < 20_000)
         rotten = bytearray(share.read_bytes())
         rotten[100] ^= 1
         share.write_bytes(bytes(rotten))
@@ -189,11 +183,11 @@ def _small_object_with_a_corrupt_share(hub: Hub, agents: list[Agent], tmp_path: 
         # `stat --check`: every holder re-hashes its copy; one more rotten, one gone.
         holders = {s["index"]: s["device_id"] for s in info["shares"]}
         by_id = {a.device_id: a for a in agents}
-        (second,) = (p for p in _share_files(by_id[holders[1]]) if p.stat().st_size < 20_000)
+        (second,) = (p for p in by_id[holders[1]].share_files() if p.stat().st_size < 20_000)
         flipped = bytearray(second.read_bytes())
         flipped[0] ^= 0xFF
         second.write_bytes(bytes(flipped))
-        (third,) = (p for p in _share_files(by_id[holders[2]]) if p.stat().st_size < 20_000)
+        (third,) = (p for p in by_id[holders[2]].share_files() if p.stat().st_size < 20_000)
         third.unlink()
         config = hub.data_dir / "client.toml"
         checked = _store(config, "stat", "small.txt", "--bucket", "photos", "--check", "--json")
@@ -265,12 +259,7 @@ def test_a_hub_killed_mid_put_shows_no_half_object_and_the_put_can_be_retried(
     env = {"ROOST_STORAGE_QUOTA_BYTES": QUOTA, "ROOST_RECONNECT_MAX_S": "1"}
     agents = [hub.join(tmp_path / f"a{i}", env=env) for i in range(3)]
     hub.wait_online([a.device_id for a in agents])
-    with hub.client() as api:
-
-        def offering() -> bool:
-            return all(d["metrics"].get("storage_free", 0) > 0 for d in api.devices())
-
-        wait_for(offering, timeout=30, what="three devices to report free space")
+    hub.wait_offering([a.device_id for a in agents])
 
     def crash_half_way() -> Iterator[bytes]:
         yield OBJECT[:100_000]
@@ -323,7 +312,7 @@ def _object_of_several_segments(hub: Hub, agents: list[Agent], tmp_path: Path) -
         by_id = {a.device_id: a for a in agents}
         lost = {s["index"]: s["device_id"] for s in info["shares"] if s["index"] in (0, 3)}
         for device_id in lost.values():
-            for share in _share_files(by_id[device_id]):
+            for share in by_id[device_id].share_files():
                 if share.stat().st_size > 1 << 20:
                     share.unlink()
         assert api.stat_object("photos", "segments.bin", check=True)["health"] == "degraded"
@@ -354,7 +343,7 @@ def _object_of_several_segments(hub: Hub, agents: list[Agent], tmp_path: Path) -
         after = api.stat_object("photos", "segments.bin")
         assert leaving not in [s["device_id"] for s in after["shares"]]
         assert after["health"] == "healthy"
-        assert [p for p in _share_files(by_id[leaving]) if p.stat().st_size > 1 << 20] == []
+        assert [p for p in by_id[leaving].share_files() if p.stat().st_size > 1 << 20] == []
         out = io.BytesIO()
         api.get_object("photos", "segments.bin", out)
         assert out.getvalue() == data

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from roost.errors import ForbiddenError, NotFoundError
-from system.harness import Agent, Hub, cli
-from system.procs import StartProc, wait_for
+from system.harness import Hub, cli
+from system.procs import StartProc
 
 OFFERED = 8 << 20
 SIZE = 50_000
@@ -36,11 +36,6 @@ def _usage(config: Path) -> dict[str, Any]:
     return info
 
 
-def _share_files(agent: Agent) -> list[Path]:
-    root = agent.data_dir / "shares"
-    return [p for p in root.iterdir() if "." not in p.name] if root.exists() else []
-
-
 def _file(tmp_path: Path, name: str, size: int = SIZE) -> Path:
     path = tmp_path / name
     path.write_bytes(name.encode() * (size // len(name)) + b"x" * (size % len(name)))
@@ -56,12 +51,7 @@ def test_usage_follows_puts_and_deletes_and_a_put_past_the_quota_is_refused(
     agents = [hub.join(tmp_path / f"a{i}", env=env) for i in range(3)]
     ids = sorted(a.device_id for a in agents)
     hub.wait_online(ids)
-    with hub.client() as api:
-
-        def offering() -> bool:
-            return all(d["metrics"].get("storage_free", 0) > 0 for d in api.devices())
-
-        wait_for(offering, timeout=30, what="three devices to report free space")
+    hub.wait_offering(ids)
 
     empty = _usage(config)
     assert (empty["objects"], empty["bytes"], empty["raw_bytes"]) == (0, 0, 0)
@@ -93,7 +83,7 @@ def test_usage_follows_puts_and_deletes_and_a_put_past_the_quota_is_refused(
     assert "default: 2 object(s), 97.7 KiB of quota 120.0 KiB (tenant)" in table.stdout
 
     # A third is refused before any share is sent: one line, nothing new anywhere.
-    files_before = {a.device_id: len(_share_files(a)) for a in agents}
+    files_before = {a.device_id: len(a.share_files()) for a in agents}
     over = _store(config, "put", str(_file(tmp_path, "c.bin")), "--bucket", "photos")
     assert over.returncode != 0
     assert over.stderr.strip().splitlines() == [
@@ -110,7 +100,7 @@ def test_usage_follows_puts_and_deletes_and_a_put_past_the_quota_is_refused(
     assert listed.returncode == 0, listed.stderr
     assert [o["name"] for o in json.loads(listed.stdout)] == ["a.bin", "b.bin"]
     assert _usage(config)["pending_objects"] == 0, "no half-put object holds room"
-    assert {a.device_id: len(_share_files(a)) for a in agents} == files_before
+    assert {a.device_id: len(a.share_files()) for a in agents} == files_before
 
     # A delete gives the room back, and usage shows it.
     removed = _store(config, "rm", "a.bin", "--bucket", "photos")

@@ -60,12 +60,8 @@ def test_a_corrupt_share_and_devices_gone_for_good_are_repaired_by_themselves(
     agents = [hub.join(tmp_path / f"a{i}", env=env) for i in range(8)]
     by_id = {a.device_id: a for a in agents}
     hub.wait_online(list(by_id))
+    hub.wait_offering(list(by_id))
     with hub.client() as api:
-
-        def offering() -> bool:
-            return all(d["metrics"].get("storage_free", 0) > 0 for d in api.devices())
-
-        wait_for(offering, timeout=30, what="eight devices to report free space")
         source = tmp_path / "keep.bin"
         source.write_bytes(OBJECT)
         api.put_object("photos", "keep.bin", source, code=(3, 5))
