@@ -18,7 +18,7 @@ import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 from roost.errors import HubError, HubUnreachableError, WireError
 from roost.pki.signing import DIGEST_HEADER, signed_digest
@@ -75,14 +75,12 @@ def request(
         raise HubUnreachableError(url, str(err) or type(err).__name__) from err
     finally:
         connection.close()
-    try:
-        decoded = json.loads(data) if data else None
-    except ValueError:
-        decoded = None
     if response.status >= 400:
-        message = decoded.get("error") if isinstance(decoded, dict) else None
-        raise HubError(message or f"the hub answered {response.status}", response.status)
-    return decoded
+        _raise_error(response.status, data)
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return None
 
 
 def device_signer(device_id: str, key_pem: bytes) -> Signer:
@@ -228,7 +226,8 @@ def _send_all(connection: http.client.HTTPConnection, chunks: Iterable[bytes | m
         return  # the hub stopped reading: its answer, read next, says why if it sent one
 
 
-def _raise_error(status: int, data: bytes) -> None:
+def _raise_error(status: int, data: bytes) -> NoReturn:
+    """The hub's answer ``status`` >= 400 as ``HubError``, with its own message if it sent one."""
     try:
         decoded = json.loads(data) if data else None
     except ValueError:
