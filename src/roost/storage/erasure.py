@@ -97,8 +97,13 @@ def tune_malloc() -> bool:
     """Keep big buffers on glibc's heap for reuse (see the module docstring).
 
     Returns whether it could (it is a no-op where the C library is not glibc). It changes
-    the whole process, so it belongs in processes that do coding: the codec pool's workers
-    and the benchmark, not the hub's own process.
+    the whole process, so it belongs in processes that code: the codec pool's workers, the
+    benchmark, and the hub once its store is used (its routes call it). There pyeclib, the
+    codec's shares, TLS and the body's chunks allocate buffers of 64 KiB to a few MiB per
+    segment; glibc maps and unmaps each one, and the page faults cost the hub ~2–3 ms of
+    kernel CPU per MB put (bench/storage_e2e.py: 5.4–6.7 ms/MB of kernel time without,
+    3.1–3.6 with). The heap then keeps what the codec's working set was (a few MiB per
+    thread), not more.
     """
     name = ctypes.util.find_library("c")
     if name is None:

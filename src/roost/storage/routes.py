@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import re
 import secrets
 import shutil
@@ -75,19 +74,6 @@ BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
 
 
-@functools.cache
-def _keep_buffers_on_the_heap() -> None:
-    """Once the hub codes, let glibc reuse big buffers instead of mapping fresh pages.
-
-    pyeclib, the codec's shares, TLS and the body's chunks allocate buffers of 64 KiB to
-    a few MiB per segment; glibc maps and unmaps each one, and the page faults cost the
-    hub ~2–3 ms of kernel CPU per MB put (bench/storage_e2e.py: 5.4–6.7 ms/MB of kernel
-    time without, 3.1–3.6 with). The heap then keeps what the codec's working set was
-    (a few MiB per thread), not more. Process-wide, so only once the store is used.
-    """
-    tune_malloc()
-
-
 def _check_names(bucket: str, name: str) -> None:
     if not BUCKET_RE.match(bucket) or bucket == "shares":
         raise ValidationError(f"bucket {bucket!r}: use a-z, 0-9, '.', '_', '-' (not 'shares')")
@@ -115,7 +101,7 @@ async def put_object(
     not. The rest of a refused body is read and dropped, so the client gets the answer.
     """
     _check_names(bucket, name)
-    _keep_buffers_on_the_heap()
+    tune_malloc()  # once the store is used: see tune_malloc
     nodes = await run_in_threadpool(storage_nodes, hub, principal.tenant_id)
     code = choose_code(len(nodes), (k, n) if k is not None and n is not None else None)
     what = f"{bucket}/{name}"
@@ -326,7 +312,7 @@ async def get_object(
     bucket: str, name: str, principal: PrincipalDep, hub: HubDep
 ) -> StreamingResponse:
     """The object's bytes, decoded from the first k shares that arrive and verify."""
-    _keep_buffers_on_the_heap()
+    tune_malloc()  # once the store is used: see tune_malloc
     obj, manifest, key, shares = await run_in_threadpool(to_read, hub, principal, bucket, name)
     token = secrets.token_hex(8)
     inbox = store_dir(hub) / "in" / token
