@@ -132,12 +132,16 @@ def remove(session: Session, principal: Principal, name: str) -> None:
     session.delete(row)
 
 
-def function_schedule_name(function: str) -> str:
-    """``fn:<function>``, cut to the 64 characters a name has (a digest keeps it apart)."""
-    name = FUNCTION_PREFIX + function
+def function_schedule_name(function: str, suffix: str = "") -> str:
+    """``fn:<function><suffix>``, cut to the 64 characters a schedule's name (and a rule's
+    id) has: a long name is cut and a digest of it added, so two functions never share
+    one. A function's own schedule is named so, and its rules (``triggers.rule_id``)."""
+    name = FUNCTION_PREFIX + function + suffix
     if len(name) <= 64:
         return name
-    return f"{name[:55]}~{hashlib.sha256(function.encode()).hexdigest()[:8]}"
+    keep = 64 - len(FUNCTION_PREFIX) - len(suffix) - 9
+    digest = hashlib.sha256(function.encode()).hexdigest()[:8]
+    return f"{FUNCTION_PREFIX}{function[:keep]}~{digest}{suffix}"
 
 
 def _function_schedule(session: Session, tenant_id: str, function: str) -> ScheduleRow | None:

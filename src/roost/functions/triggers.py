@@ -23,7 +23,6 @@ function's schedule and the tenant's place in the event store.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Iterator
 
 from sqlalchemy import func, select, update
@@ -34,8 +33,10 @@ from roost.events.models import EventRow
 from roost.events.patterns import Pattern, Trigger
 from roost.events.schedules import (
     FUNCTION_CRON_TYPE,
+    FUNCTION_PREFIX,
     SCHEDULE_SOURCE,
     drop_function_cron,
+    function_schedule_name,
     keep_function_cron,
 )
 from roost.functions.models import FunctionRow
@@ -45,23 +46,16 @@ from roost.rules.spec import Action, Rule
 from roost.rules.template import parse
 from roost.wire.functions import HUB
 
-PREFIX = "fn:"
+PREFIX = FUNCTION_PREFIX
 CRON_SUFFIX = "@cron"
 # The source of the events hub functions emit (ctx.emit): ``roost://functions/<name>``.
 EMIT_SOURCE = "roost://functions/"
-_RULE_ID_CHARS = 64  # RuleRow.rule_id, ActionRow.rule_id
 
 
 def rule_id(name: str, cron: bool = False) -> str:
-    """``fn:<name>`` or ``fn:<name>@cron``; a name too long for a rule id is cut and a
-    digest of it added, so two functions never share one."""
-    suffix = CRON_SUFFIX if cron else ""
-    text = PREFIX + name + suffix
-    if len(text) <= _RULE_ID_CHARS:
-        return text
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    keep = _RULE_ID_CHARS - len(PREFIX) - len(suffix) - 9
-    return f"{PREFIX}{name[:keep]}~{digest}{suffix}"
+    """``fn:<name>`` or ``fn:<name>@cron``, cut to fit a rule id (64 characters, as
+    ``RuleRow.rule_id`` and ``ActionRow.rule_id``) as a function's schedule name is."""
+    return function_schedule_name(name, CRON_SUFFIX if cron else "")
 
 
 def started_by(rule: str) -> str:
