@@ -51,7 +51,7 @@ def function_view(row: FunctionRow) -> dict[str, Any]:
     return {
         "name": row.name,
         "version": row.version,
-        "on": row.placement if row.placement == HUB else row.placement or "all",
+        "on": row.placement or service.ALL_DEVICES,
         "trigger": row.trigger,
         "cron": row.cron,
         "timeout_s": row.timeout_s,

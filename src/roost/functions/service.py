@@ -260,12 +260,6 @@ def _find(session: Session, tenant_id: str, name: str) -> FunctionRow | None:
     ).first()
 
 
-def start_of(row: FunctionRow) -> Start:
-    """Where a stored function runs and what starts it."""
-    trigger = Trigger.from_dict(row.trigger) if row.trigger else None
-    return Start(row.placement, trigger, row.cron)
-
-
 def get(session: Session, tenant_id: str, name: str) -> FunctionRow:
     row = _find(session, tenant_id, name)
     if row is None:
