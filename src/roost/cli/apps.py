@@ -19,9 +19,10 @@ def build(
 ) -> None:
     """Check an app's manifest and pack the folder into a bundle."""
     from roost.apps.bundle import build_bundle
+    from roost.storage.quota import show_size
 
     built = build_bundle(source, out)
-    print(f"built {built.path} ({_size(built.size)}, sha256 {built.sha256[:16]}…)")
+    print(f"built {built.path} ({show_size(built.size)}, sha256 {built.sha256[:16]}…)")
 
 
 @apps_app.command("publish")
@@ -81,13 +82,15 @@ def show(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         return
     from rich.table import Table
 
+    from roost.storage.quota import show_size
+
     table = Table(title=f"{name}: versions")
     for column in ("VERSION", "SIZE", "PUBLISHED", "BY", "SHA256"):
         table.add_column(column)
     for release in app["releases"]:
         table.add_row(
             release["version"],
-            _size(release["size"]),
+            show_size(release["size"]),
             release["published_at"][:19],
             release["published_by"],
             release["sha256"][:16],
@@ -137,12 +140,3 @@ def logs(
     if reply["status"] != "ok":
         raise RoostError(f"logs of {name} on {device}: {reply['error']}")
     print("\n".join(reply["result"].get("lines", [])))
-
-
-def _size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
