@@ -9,6 +9,7 @@ from sqlalchemy import select
 from roost.access.service import Principal
 from roost.db import Database, utcnow
 from roost.errors import ValidationError
+from roost.functions import service
 from roost.functions.edge import record_invocations, wanted
 from roost.functions.models import Invocation
 from roost.functions.service import Limits, Start, deploy
@@ -99,3 +100,19 @@ def test_a_device_reports_each_invocation_once_and_only_of_edge_functions(db: Da
     with db.session() as session:
         record_invocations(session, "default", "dev2", [_invoked("door", "k1")])
         assert len(session.scalars(select(Invocation)).all()) == 3, "keys are per device"
+
+
+def test_a_device_reporting_many_invocations_keeps_only_the_newest(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "KEEP_INVOCATIONS", 20)
+    _deploy(db, "door", "role=sensor")
+    kept = []
+    for batch in range(4):
+        reports = [_invoked("door", f"k{batch}-{i:02d}") for i in range(30)]
+        with db.session() as session:
+            record_invocations(session, "default", "dev1", reports)
+            kept.append(session.scalars(select(Invocation.key).order_by(Invocation.id)).all())
+    # Ids 1-120 in batches of 30: only the batches holding ids 50 and 100 end with a sweep.
+    assert [len(keys) for keys in kept] == [30, 20, 50, 20]
+    assert kept[-1] == [f"k3-{i:02d}" for i in range(10, 30)]

@@ -37,7 +37,7 @@ from roost.fleet.models import Device
 from roost.fleet.selectors import Selector
 from roost.fleet.service import desired_message
 from roost.functions.models import FunctionRow, FunctionVersion, Invocation
-from roost.functions.service import RESULT_CHARS, prune
+from roost.functions.service import RESULT_CHARS, prune_now_and_then
 from roost.wire import Desired
 from roost.wire.functions import DESIRED_KEY, HUB, SOURCE_PREFIX, target_path
 
@@ -160,9 +160,8 @@ def record_invocations(
     statement = insert(Invocation).on_conflict_do_nothing(
         index_elements=["function_id", "device_id", "key"]
     )
-    session.execute(statement, values)
-    for function_id in {value["function_id"] for value in values}:
-        prune(session, function_id)
+    added = session.execute(statement.returning(Invocation.id, Invocation.function_id), values)
+    prune_now_and_then(session, added)
 
 
 def _invocation(

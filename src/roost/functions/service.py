@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -354,9 +354,19 @@ def record(
     )
     session.add(invocation)
     session.flush()
-    if invocation.id % 50 == 0:
-        prune(session, row.id)
+    prune_now_and_then(session, [(invocation.id, row.id)])
     return invocation
+
+
+# Invocations are pruned at one invocation id in this many (ids count every function's).
+PRUNE_EVERY = 50
+
+
+def prune_now_and_then(session: Session, added: Iterable[tuple[int, str]]) -> None:
+    """``prune`` each function one of whose new invocations (id, function id) has an id
+    that is a multiple of ``PRUNE_EVERY``: a sweep now and then, not one per invocation."""
+    for function_id in {function_id for id_, function_id in added if id_ % PRUNE_EVERY == 0}:
+        prune(session, function_id)
 
 
 def prune(session: Session, function_id: str) -> None:
