@@ -123,3 +123,16 @@ def _time(value: Any, where: str, now: dt.datetime) -> dt.datetime:
     if parsed.tzinfo is None:
         raise ValidationError(f"{where}.time: the timestamp needs a time zone (Z or +hh:mm)")
     return parsed.astimezone(dt.UTC)
+
+
+def device_time(value: Any, default: dt.datetime) -> dt.datetime:
+    """A time a device reported, leniently: as it says when it reads as ISO 8601 (with no
+    zone, UTC), else ``default``. For records of what happened, where a device's odd
+    clock text should not cost the record; an event's own ``time`` is checked instead."""
+    if isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return default
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return default

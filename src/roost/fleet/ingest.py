@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
 from roost.errors import WireError
+from roost.events.cloudevents import device_time
 from roost.events.store import insert_events
 from roost.fleet.models import CommandRow, Device
 from roost.fleet.service import desired_message
@@ -318,7 +319,7 @@ class Ingest:
                     "type": str(event["type"])[:256],
                     "subject": str(event.get("subject", ""))[:256],
                     "device_id": device_id,
-                    "time": _event_time(event.get("time"), now),
+                    "time": device_time(event.get("time"), now),
                     "data": event.get("data"),
                     "received_at": now,
                 }
@@ -338,13 +339,3 @@ def _device_table() -> Table:
 def _processor(column_type: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any]:
     process = column_type.dialect_impl(dialect).bind_processor(dialect)
     return process if process is not None else (lambda value: value)
-
-
-def _event_time(value: Any, now: dt.datetime) -> dt.datetime:
-    if isinstance(value, str):
-        try:
-            parsed = dt.datetime.fromisoformat(value)
-        except ValueError:
-            return now
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-    return now

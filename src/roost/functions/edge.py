@@ -33,6 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from roost.catalog.repository import Catalog
+from roost.events.cloudevents import device_time
 from roost.fleet.models import Device
 from roost.fleet.selectors import Selector
 from roost.fleet.service import desired_message
@@ -173,7 +174,7 @@ def _invocation(
         "function_id": function_id,
         "version": _int(data.get("version")),
         "trigger": "edge",
-        "started_at": _time(data.get("started_at")),
+        "started_at": device_time(data.get("started_at"), dt.datetime.now(dt.UTC)),
         "duration_ms": _number(data.get("duration_ms")),
         "ok": ok,
         "cold": data.get("cold") is True,
@@ -191,11 +192,3 @@ def _number(value: Any) -> float:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _time(value: Any) -> dt.datetime:
-    try:
-        when = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return dt.datetime.now(dt.UTC)
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
