@@ -139,6 +139,21 @@ def test_two_outboxes_on_one_file_act_as_two_processes(tmp_path: Path) -> None:
         reopened.close()
 
 
+def test_what_edge_functions_emit_makes_room_in_a_full_outbox_too(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "agent.db", max_messages=10)
+    try:
+        seqs = [box.put("event", {"n": n}, T0) for n in range(8)]
+        box.set(EDGE_FEED, True)
+        box.put("event", {"event": {"source": "cli", "id": "a"}}, T0)
+        (handled,) = box.inbox(10)
+        emitted = [{"event": {"source": "functions/door", "id": f"out{n}"}} for n in range(4)]
+        box.handled(handled.seq, emitted, T0)
+        assert len(box) == 10
+        assert due_seqs(box, T0)[:5] == seqs[3:], "the oldest three made room"
+    finally:
+        box.close()
+
+
 def test_an_unusable_store_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "agent.db").mkdir()
     with pytest.raises(ConfigError, match="agent's store"):

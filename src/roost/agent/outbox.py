@@ -83,18 +83,28 @@ class Outbox:
         """Add a message; when the outbox is full the oldest message makes room."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            (count,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
-            if count >= self.max_messages:
-                self._db.execute(
-                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
-                    (count - self.max_messages + 1,),
-                )
+            seq = self._add([(kind, body)], now)
+            self._db.execute("COMMIT")
+        return seq
+
+    def _add(self, messages: list[tuple[str, dict[str, Any]]], now: float) -> int:
+        """Within the caller's transaction: add messages, the oldest making room for them
+        when the outbox would pass ``max_messages``. Answers the last one's seq."""
+        (count,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
+        over = count + len(messages) - self.max_messages
+        if over > 0:
+            self._db.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
+                (over,),
+            )
+        seq = 0
+        for kind, body in messages:
             cursor = self._db.execute(
                 "INSERT INTO outbox (kind, body, created) VALUES (?, ?, ?)",
                 (kind, json.dumps(body), now),
             )
-            self._db.execute("COMMIT")
-        return int(cursor.lastrowid or 0)
+            seq = int(cursor.lastrowid or 0)
+        return seq
 
     def due(self, now: float, resend_after: float, limit: int) -> list[Pending]:
         """Messages never sent, or sent and not acknowledged for long enough."""
@@ -147,10 +157,7 @@ class Outbox:
         to the outbox and the inbox lets it go, together or not at all."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT INTO outbox (kind, body, created) VALUES ('event', ?, ?)",
-                [(json.dumps(body), now) for body in events],
-            )
+            self._add([("event", body) for body in events], now)
             self._db.execute("DELETE FROM edge_inbox WHERE seq = ?", (seq,))
             self._db.execute("COMMIT")
 
