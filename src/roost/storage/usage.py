@@ -79,15 +79,23 @@ def usage_of(
 ) -> Usage:
     """What counts against the tenant's quota; ``replacing`` (bucket, name) leaves out the
     objects of that name, which the put being decided replaces if it completes."""
-    query = select(ObjectRow.state, func.coalesce(func.sum(ObjectRow.size), 0)).where(
-        _counted(tenant_id, now)
-    )
+    return _usage_and_counts(session, tenant_id, now, replacing)[0]
+
+
+def _usage_and_counts(
+    session: Session, tenant_id: str, now: dt.datetime, replacing: tuple[str, str] | None = None
+) -> tuple[Usage, dict[str, int]]:
+    """``usage_of``, and how many objects count, by state (``complete``, ``pending``)."""
+    size = func.coalesce(func.sum(ObjectRow.size), 0)
+    query = select(ObjectRow.state, func.count(), size).where(_counted(tenant_id, now))
     if replacing is not None:
         query = query.where(
             not_(and_(ObjectRow.bucket == replacing[0], ObjectRow.name == replacing[1]))
         )
-    sums = {state: int(total) for state, total in session.execute(query.group_by(ObjectRow.state))}
-    return Usage(stored=int(sums.get("complete", 0)), pending=int(sums.get("pending", 0)))
+    rows = session.execute(query.group_by(ObjectRow.state)).all()
+    sums = {state: int(total) for state, _, total in rows}
+    usage = Usage(stored=sums.get("complete", 0), pending=sums.get("pending", 0))
+    return usage, {state: int(count) for state, count, _ in rows}
 
 
 # -- routes -------------------------------------------------------------------------------
@@ -130,10 +138,7 @@ def _metric(metrics: dict[str, object], name: str) -> int | None:
 
 
 def tenant_usage(session: Session, settings: HubSettings, tenant_id: str) -> TenantUsage:
-    now = utcnow()
-    counted = select(ObjectRow.state, func.count()).where(_counted(tenant_id, now))
-    counts = {state: int(n) for state, n in session.execute(counted.group_by(ObjectRow.state))}
-    usage = usage_of(session, tenant_id, now)
+    usage, counts = _usage_and_counts(session, tenant_id, utcnow())
     per_device = {
         device_id: (int(shares), int(size))
         for device_id, shares, size in session.execute(
@@ -164,9 +169,9 @@ def tenant_usage(session: Session, settings: HubSettings, tenant_id: str) -> Ten
     quota, own = quota_of(session, settings, tenant_id)
     return TenantUsage(
         tenant=tenant_id,
-        objects=int(counts.get("complete", 0)),
+        objects=counts.get("complete", 0),
         bytes=usage.stored,
-        pending_objects=int(counts.get("pending", 0)),
+        pending_objects=counts.get("pending", 0),
         pending_bytes=usage.pending,
         raw_bytes=sum(size for _, size in per_device.values()),
         quota_bytes=quota,
