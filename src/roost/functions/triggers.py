@@ -25,11 +25,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from roost.events.models import EventRow
 from roost.events.patterns import Pattern, Trigger
 from roost.events.schedules import (
     FUNCTION_CRON_TYPE,
@@ -41,7 +39,8 @@ from roost.events.schedules import (
 )
 from roost.functions.models import FunctionRow
 from roost.rules import actions
-from roost.rules.models import RuleCursor, RuleRow
+from roost.rules.cursor import start_cursor
+from roost.rules.models import RuleRow
 from roost.rules.spec import Action, Rule
 from roost.rules.template import parse
 from roost.wire.functions import HUB
@@ -150,23 +149,9 @@ def deployed(
     keep_function_cron(session, row.tenant_id, row.name, cron, created_by, now)
     if not started(row) or was_started:
         return
-    newest = select(func.coalesce(func.max(EventRow.seq), 0)).scalar_subquery()
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(
-        insert(RuleCursor)
-        .values(tenant_id=row.tenant_id, seq=newest, windows={}, updated_at=now)
-        .on_conflict_do_nothing(index_elements=["tenant_id"])
-    )
     others = any(r.id != row.id for r in _rows(session, row.tenant_id))
     rules = session.scalar(select(func.count()).where(RuleRow.tenant_id == row.tenant_id))
-    if not (others or rules):
-        # A place left behind by rules removed since: what came after them is not for this.
-        session.execute(
-            update(RuleCursor)
-            .where(RuleCursor.tenant_id == row.tenant_id)
-            .values(seq=newest, windows={}, updated_at=now)
-        )
+    start_cursor(session, row.tenant_id, now, restart=not (others or rules))
 
 
 def removed(session: Session, tenant_id: str, name: str) -> None:

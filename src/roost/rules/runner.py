@@ -52,6 +52,7 @@ from roost.db import Database, utcnow
 from roost.errors import RuleError
 from roost.events.models import EventRow
 from roost.functions import triggers
+from roost.rules.cursor import start_cursor
 from roost.rules.engine import RULE_SOURCE, Engine
 from roost.rules.models import ActionRow, RuleCursor, RuleRow
 from roost.rules.spec import Rule, parse_rules
@@ -222,7 +223,8 @@ class RuleRunner:
             ).all()
             functions = triggers.tenant_rules(session, tenant_id)
             if old is None:
-                _ensure_cursor(session, tenant_id)
+                # Rules from before cursors existed: start at the newest event.
+                start_cursor(session, tenant_id, utcnow())
         cache = old.parsed if old is not None else {}
         parsed: dict[str, tuple[str, Rule]] = {}
         rules = []
@@ -389,18 +391,6 @@ def _lock(session: Session, tenant_id: str, now: dt.datetime) -> int | None:
     # transaction reads stays true until it commits.
     session.execute(update(RuleCursor).where(where).values(updated_at=now))
     return session.scalar(select(RuleCursor.seq).where(where))
-
-
-def _ensure_cursor(session: Session, tenant_id: str) -> None:
-    """A cursor at the newest event for a tenant that has rules but none (rules from
-    before cursors existed)."""
-    newest = select(func.coalesce(func.max(EventRow.seq), 0)).scalar_subquery()
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    session.execute(
-        insert(RuleCursor)
-        .values(tenant_id=tenant_id, seq=newest, windows={}, updated_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["tenant_id"])
-    )
 
 
 def _insert_actions(session: Session, rows: list[dict[str, Any]]) -> None:

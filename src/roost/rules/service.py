@@ -20,17 +20,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from roost.access import Principal
 from roost.errors import ConflictError, NotFoundError, RuleError, ValidationError
-from roost.events.models import EventRow
 from roost.functions import service as functions
 from roost.functions import triggers
+from roost.rules.cursor import start_cursor
 from roost.rules.dryrun import Report, dry_run
-from roost.rules.models import ActionRow, RuleCursor, RuleRow
+from roost.rules.models import ActionRow, RuleRow
 from roost.rules.source import PathKey, Source
 from roost.rules.spec import Rule, parse_rules
 
@@ -128,7 +128,7 @@ def apply(
     # A tenant's first rules start at the newest event, unless its functions' triggers
     # already follow the cursor: then no event waiting for them may be skipped.
     restart = held == 0 and not triggers.tenant_rules(session, tenant)
-    _start_cursor(session, tenant, restart=restart, now=now)
+    start_cursor(session, tenant, now, restart=restart)
     applied = []
     for rule, source in zip(rules, sources, strict=True):
         row = existing.get(rule.id)
@@ -276,21 +276,6 @@ def _changed(row: RuleRow, now: dt.datetime) -> None:
     # The runner sees a tenant's rules change by their count, ids and versions.
     row.version += 1
     row.updated_at = now
-
-
-def _start_cursor(session: Session, tenant_id: str, restart: bool, now: dt.datetime) -> None:
-    """A tenant's first rules see only the events stored after them."""
-    newest = select(func.coalesce(func.max(EventRow.seq), 0)).scalar_subquery()
-    cursor = session.get(RuleCursor, tenant_id)
-    if cursor is None:
-        session.add(RuleCursor(tenant_id=tenant_id, seq=session.scalar(select(newest)) or 0))
-        _flush(session)
-    elif restart:
-        session.execute(
-            update(RuleCursor)
-            .where(RuleCursor.tenant_id == tenant_id)
-            .values(seq=newest, windows={}, updated_at=now)
-        )
 
 
 def _flush(session: Session) -> None:
