@@ -36,7 +36,7 @@ def test_on_names_the_hub_every_device_or_a_selector() -> None:
     assert start.placement == "role=sensor"
     assert start.trigger is not None
     assert start.trigger.to_dict() == {"type": ["app.door.*"], "source": [], "subject": ["front"]}
-    assert start.describe() == "on devices role=sensor, events app.door.*, cron '0 * * * *'"
+    assert start.cron == "0 * * * *"
 
 
 @pytest.mark.parametrize(

@@ -103,15 +103,6 @@ class Start:
             check_cron(cron)
         return cls(placement, _trigger(trigger) if trigger else None, cron)
 
-    def describe(self) -> str:
-        where = "hub" if self.on_hub else f"devices {self.placement or ALL_DEVICES}"
-        parts = [f"on {where}"]
-        if self.trigger is not None:
-            parts.append("events " + " ".join(p.text for p in self.trigger.types))
-        if self.cron:
-            parts.append(f"cron {self.cron!r}")
-        return ", ".join(parts)
-
 
 def _placement(on: str) -> str:
     text = on.strip()
