@@ -12,12 +12,13 @@ against that hash, and against the one it recorded, as it arrives.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
 from roost.errors import HubError, HubUnreachableError, WireError
@@ -56,7 +57,6 @@ def request(
 
     A ``bytes`` body is sent as it is (``application/octet-stream``), anything else as JSON.
     """
-    parts = urllib.parse.urlsplit(url)
     if isinstance(body, bytes):
         raw, kind = body, "application/octet-stream"
     else:
@@ -64,17 +64,10 @@ def request(
     headers = {"content-type": kind, "accept": "application/json"}
     if signer is not None:
         headers.update(signer(method, path, raw))
-    connection = http.client.HTTPSConnection(
-        parts.hostname or "", parts.port or 443, context=context, timeout=timeout
-    )
-    try:
+    with _connection(url, context, timeout) as connection:
         connection.request(method, path, body=raw or None, headers=headers)
         response = connection.getresponse()
         data = response.read()
-    except (OSError, http.client.HTTPException) as err:
-        raise HubUnreachableError(url, str(err) or type(err).__name__) from err
-    finally:
-        connection.close()
     if response.status >= 400:
         _raise_error(response.status, data)
     try:
@@ -114,16 +107,12 @@ def fetch(
     answer streams through one reused buffer of ``CHUNK`` bytes: each chunk goes to the
     sink as a view it must not keep (write or hash it at once), and ``b""`` is returned.
     """
-    parts = urllib.parse.urlsplit(url)
     headers = {"accept": "*/*"}
     if signer is not None:
         headers.update(signer("GET", path, b""))
-    connection = http.client.HTTPSConnection(
-        parts.hostname or "", parts.port or 443, context=context, timeout=timeout
-    )
     chunks: list[bytes] = []
     received = 0
-    try:
+    with _connection(url, context, timeout) as connection:
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
         if sink is not None and response.status < 400:
@@ -137,10 +126,6 @@ def fetch(
                     break
                 received += len(chunk)
                 chunks.append(chunk)
-    except (OSError, http.client.HTTPException) as err:
-        raise HubUnreachableError(url, str(err) or type(err).__name__) from err
-    finally:
-        connection.close()
     data = b"".join(chunks)
     if response.status >= 400:
         _raise_error(response.status, data)
@@ -185,7 +170,6 @@ def upload(
     If ``chunks`` raises, the connection is closed before the body is whole, so the hub
     keeps nothing, and the error goes to the caller. Errors are as in ``request()``.
     """
-    parts = urllib.parse.urlsplit(url)
     headers = {
         "content-type": "application/octet-stream",
         "content-length": str(size),
@@ -193,10 +177,7 @@ def upload(
         DIGEST_HEADER: blake3_hex,
         **signer("PUT", path, signed_digest(blake3_hex)),
     }
-    connection = http.client.HTTPSConnection(
-        parts.hostname or "", parts.port or 443, context=context, timeout=timeout
-    )
-    try:
+    with _connection(url, context, timeout) as connection:
         connection.putrequest("PUT", path, skip_accept_encoding=True)
         for name, value in headers.items():
             connection.putheader(name, value)
@@ -204,16 +185,30 @@ def upload(
         _send_all(connection, chunks)
         response = connection.getresponse()
         data = response.read(64 * 1024)
-    except (OSError, http.client.HTTPException) as err:
-        raise HubUnreachableError(url, str(err) or type(err).__name__) from err
-    finally:
-        connection.close()
     if response.status >= 400:
         _raise_error(response.status, data)
     try:
         return json.loads(data) if data else None
     except ValueError as err:
         raise WireError(f"the hub's answer to PUT {path} is not JSON") from err
+
+
+@contextlib.contextmanager
+def _connection(
+    url: str, context: ssl.SSLContext, timeout: float
+) -> Iterator[http.client.HTTPSConnection]:
+    """One HTTPS connection to the hub, closed after the exchange; the network failing
+    on the way (no answer, a reset, a bad response) is ``HubUnreachableError``."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPSConnection(
+        parts.hostname or "", parts.port or 443, context=context, timeout=timeout
+    )
+    try:
+        yield connection
+    except (OSError, http.client.HTTPException) as err:
+        raise HubUnreachableError(url, str(err) or type(err).__name__) from err
+    finally:
+        connection.close()
 
 
 def _send_all(connection: http.client.HTTPConnection, chunks: Iterable[bytes | memoryview]) -> None:
